@@ -1,0 +1,92 @@
+//! The dataplane seam: one trait every mode implements. A backend remembers
+//! what it applied and turns a [`SyncScope`] into the smallest edit it can;
+//! a periodic full sync repairs drift. The real backends (iptables,
+//! nftables, ipvs) live in their own modules; [`memory::MemoryDataplane`]
+//! records what it was asked to program, for tests and dry runs.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use crate::track::{BackendTable, ChangeSet};
+
+/// What a sync must cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncScope {
+    /// Rebuild everything from the table (first sync, periodic, after a failure).
+    Full,
+    /// Only these service ports changed since the last successful sync.
+    Partial(ChangeSet),
+}
+
+impl SyncScope {
+    /// Whether this is a full sync.
+    pub fn is_full(&self) -> bool {
+        matches!(self, SyncScope::Full)
+    }
+}
+
+/// What one successful sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Service ports whose rules were (re)written.
+    pub ports_written: usize,
+    /// Service ports whose rules were removed.
+    pub ports_removed: usize,
+    /// Bytes sent to the kernel or a restore tool, where that means something.
+    pub bytes_written: usize,
+    /// Time spent in the backend.
+    pub duration: Duration,
+}
+
+/// A backend failure. The agent logs and counts it, keeps running, and
+/// retries with a full sync; the previous rules stay in place.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The kernel (or a restore tool) refused the transaction.
+    #[error("{tool} refused the update: {message}")]
+    Refused {
+        /// The tool or interface (`iptables-restore`, `nft`, `netlink`).
+        tool: &'static str,
+        /// What it said.
+        message: String,
+    },
+    /// A tool could not be run at all.
+    #[error("cannot run {tool}: {source}")]
+    Exec {
+        /// The tool.
+        tool: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else, with context.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A way of programming the kernel's load-balancing rules.
+pub trait Dataplane: Send {
+    /// Short name for logs and metrics (`iptables`, `nftables`, `ipvs`, `memory`).
+    fn name(&self) -> &'static str;
+
+    /// Bring the kernel in line with `table` for `scope`. A partial sync
+    /// touches only the listed service ports (a port missing from the table
+    /// is removed). On error nothing already working may be taken down.
+    fn sync(&mut self, table: &BackendTable, scope: &SyncScope) -> Result<SyncStats, DataplaneError>;
+
+    /// Remove everything this backend ever created, and nothing else.
+    fn cleanup(&mut self) -> Result<(), DataplaneError>;
+}
+
+impl Dataplane for Box<dyn Dataplane> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn sync(&mut self, table: &BackendTable, scope: &SyncScope) -> Result<SyncStats, DataplaneError> {
+        (**self).sync(table, scope)
+    }
+    fn cleanup(&mut self) -> Result<(), DataplaneError> {
+        (**self).cleanup()
+    }
+}

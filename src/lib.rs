@@ -1,0 +1,18 @@
+//! sliceproxy: a node-level kube-proxy replacement.
+//!
+//! Data flows one way: [`watch`] turns API objects into typed deltas,
+//! [`track`] folds them into the backend table and answers with the service
+//! ports that changed, [`policy`] decides which endpoints serve whom, and a
+//! [`dataplane`] programs the difference. [`sync`] is the one task that owns
+//! all of it.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod dataplane;
+pub mod model;
+pub mod policy;
+pub mod render;
+pub mod snapshot;
+pub mod sync;
+pub mod track;
+pub mod watch;

@@ -1,0 +1,321 @@
+//! The agent task: the one owner of the tracker and the dataplane. It folds
+//! watch events into the table, coalesces the resulting ChangeSets, and runs
+//! the dataplane like kube-proxy's bounded-frequency runner: at most once per
+//! `min_sync_period`, a full sync at least every `sync_period`, and after a
+//! failure a full sync retried with exponential backoff.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::dataplane::{Dataplane, SyncScope, SyncStats};
+use crate::track::{ChangeSet, Tracker};
+use crate::watch::{Event, Update};
+
+/// Timing of the runner (kube-proxy's `--min-sync-period` and `--sync-period`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncSettings {
+    /// Never sync more often than this; changes inside it are coalesced.
+    pub min_sync_period: Duration,
+    /// Run a full sync at least this often (repairs drift).
+    pub sync_period: Duration,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            min_sync_period: Duration::from_secs(1),
+            sync_period: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SyncSettings {
+    /// Delay before retry number `failures` (1-based): doubling from
+    /// `min_sync_period` (at least 1s), capped at `sync_period`.
+    pub fn retry_delay(&self, failures: u32) -> Duration {
+        let base = self.min_sync_period.max(Duration::from_secs(1));
+        let factor = 1u32 << failures.saturating_sub(1).min(16);
+        base.saturating_mul(factor).min(self.sync_period.max(base))
+    }
+}
+
+/// Counters the agent keeps (exported as metrics by the health/metrics layer).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncCounters {
+    /// Successful full syncs.
+    pub full_syncs: u64,
+    /// Successful partial syncs.
+    pub partial_syncs: u64,
+    /// Failed syncs (each is retried as a full sync).
+    pub failed_syncs: u64,
+    /// Watch errors (each watch retries by itself with backoff).
+    pub watch_errors: u64,
+    /// Objects refused by conversion.
+    pub invalid_objects: u64,
+    /// Service ports changed by events (summed over ChangeSets).
+    pub service_port_changes: u64,
+}
+
+/// What the agent publishes after every step, for health checks and tests.
+#[derive(Debug, Clone, Default)]
+pub struct AgentStatus {
+    /// Services, EndpointSlices and the Node have all been listed once.
+    pub initialized: bool,
+    /// When the last sync succeeded.
+    pub last_sync: Option<Instant>,
+    /// When the oldest change not yet programmed arrived.
+    pub pending_since: Option<Instant>,
+    /// The last sync failed and a retry is scheduled.
+    pub failing: bool,
+    /// The last successful sync's stats.
+    pub last_stats: Option<SyncStats>,
+    /// Counters.
+    pub counters: SyncCounters,
+}
+
+/// The first complete list of each watched kind.
+#[derive(Debug, Clone, Copy, Default)]
+struct Listed {
+    services: bool,
+    slices: bool,
+    node: bool,
+}
+
+impl Listed {
+    fn all(&self) -> bool {
+        self.services && self.slices && self.node
+    }
+}
+
+/// The agent: tracker + dataplane + runner state.
+pub struct Agent<D: Dataplane> {
+    tracker: Tracker,
+    dataplane: D,
+    settings: SyncSettings,
+    pending: ChangeSet,
+    full_pending: bool,
+    listed: Listed,
+    last_attempt: Option<Instant>,
+    next_full: Option<Instant>,
+    retry_at: Option<Instant>,
+    failures: u32,
+    status: AgentStatus,
+    status_tx: watch::Sender<AgentStatus>,
+}
+
+impl<D: Dataplane> Agent<D> {
+    /// A new agent; nothing syncs until every kind has been listed.
+    pub fn new(tracker: Tracker, dataplane: D, settings: SyncSettings) -> Agent<D> {
+        let (status_tx, _) = watch::channel(AgentStatus::default());
+        Agent {
+            tracker,
+            dataplane,
+            settings,
+            pending: ChangeSet::new(),
+            full_pending: true,
+            listed: Listed::default(),
+            last_attempt: None,
+            next_full: None,
+            retry_at: None,
+            failures: 0,
+            status: AgentStatus::default(),
+            status_tx,
+        }
+    }
+
+    /// Follow the agent's status.
+    pub fn subscribe(&self) -> watch::Receiver<AgentStatus> {
+        self.status_tx.subscribe()
+    }
+
+    /// The tracker (and through it the table).
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// The dataplane.
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
+    }
+
+    /// Fold one event into the table; returns the service ports it changed.
+    pub fn handle(&mut self, event: Event, now: Instant) -> ChangeSet {
+        let t = &mut self.tracker;
+        let changes = match event {
+            Event::Service(Update::Reset { objects, keep }) => {
+                self.listed.services = true;
+                t.reset_services(objects, &keep)
+            }
+            Event::Service(Update::Apply(s)) => t.apply_service(s),
+            Event::Service(Update::Delete(k)) => t.delete_service(&k),
+            Event::Slice(Update::Reset { objects, keep }) => {
+                self.listed.slices = true;
+                t.reset_slices(objects, &keep)
+            }
+            Event::Slice(Update::Apply(s)) => t.apply_slice(s),
+            Event::Slice(Update::Delete(k)) => t.delete_slice(&k),
+            Event::Node(Update::Reset { objects, keep }) => {
+                self.listed.node = true;
+                // A Node that failed conversion keeps its last good state.
+                if keep.is_empty() {
+                    t.set_node(objects.first())
+                } else {
+                    ChangeSet::new()
+                }
+            }
+            Event::Node(Update::Apply(n)) => t.set_node(Some(&n)),
+            Event::Node(Update::Delete(())) => t.set_node(None),
+            Event::WatchError { resource, message } => {
+                tracing::warn!(resource, error = %message, "watch failed; retrying with backoff");
+                self.status.counters.watch_errors += 1;
+                ChangeSet::new()
+            }
+            Event::Invalid(e) => {
+                tracing::error!(error = %e, "ignoring invalid object; its last good version stays programmed");
+                self.status.counters.invalid_objects += 1;
+                ChangeSet::new()
+            }
+        };
+        if !changes.is_empty() {
+            tracing::debug!(ports = changes.len(), "table changed");
+            self.status.counters.service_port_changes += changes.len() as u64;
+            self.status.pending_since.get_or_insert(now);
+            self.pending.merge(changes.clone());
+        }
+        self.status.initialized = self.listed.all();
+        self.publish();
+        changes
+    }
+
+    /// When the next sync is due, or `None` if nothing is due (or the agent
+    /// is still waiting for its first complete list).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.listed.all() {
+            return None;
+        }
+        if let Some(retry) = self.retry_at {
+            return Some(retry);
+        }
+        let earliest = self.last_attempt.map(|t| t + self.settings.min_sync_period);
+        let work = if self.full_pending || !self.pending.is_empty() {
+            Some(earliest.unwrap_or_else(Instant::now))
+        } else {
+            None
+        };
+        match (work, self.next_full) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Run one sync now: full if one is owed (first sync, periodic, after a
+    /// failure), else partial over the coalesced ChangeSet.
+    pub fn sync_now(&mut self, now: Instant) {
+        let full = self.full_pending || self.next_full.is_some_and(|t| now >= t);
+        let changes = self.pending.take();
+        let scope = if full {
+            SyncScope::Full
+        } else {
+            SyncScope::Partial(changes)
+        };
+        self.last_attempt = Some(now);
+        let result = run_blocking(|| self.dataplane.sync(self.tracker.table(), &scope));
+        match result {
+            Ok(stats) => {
+                tracing::info!(
+                    mode = self.dataplane.name(),
+                    full,
+                    ports_written = stats.ports_written,
+                    ports_removed = stats.ports_removed,
+                    bytes = stats.bytes_written,
+                    elapsed_ms = stats.duration.as_secs_f64() * 1000.0,
+                    "synced"
+                );
+                if full {
+                    self.status.counters.full_syncs += 1;
+                    self.next_full = Some(now + self.settings.sync_period);
+                } else {
+                    self.status.counters.partial_syncs += 1;
+                }
+                self.full_pending = false;
+                self.retry_at = None;
+                self.failures = 0;
+                self.status.failing = false;
+                self.status.last_sync = Some(now);
+                self.status.pending_since = None;
+                self.status.last_stats = Some(stats);
+            }
+            Err(e) => {
+                self.failures += 1;
+                let delay = self.settings.retry_delay(self.failures);
+                tracing::error!(
+                    mode = self.dataplane.name(),
+                    full,
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "sync failed; previous rules stay in place, retrying as a full sync"
+                );
+                self.status.counters.failed_syncs += 1;
+                // The changes it carried are covered by the full sync.
+                self.full_pending = true;
+                self.retry_at = Some(now + delay);
+                self.status.failing = true;
+                self.status.pending_since.get_or_insert(now);
+            }
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.status_tx.send_replace(self.status.clone());
+    }
+
+    /// Remove everything the dataplane created.
+    pub fn cleanup(&mut self) -> Result<(), crate::dataplane::DataplaneError> {
+        self.dataplane.cleanup()
+    }
+
+    /// Run until the event stream ends or `shutdown` resolves. Rules stay in
+    /// place on return: a restarting agent must not interrupt traffic.
+    pub async fn run<S, F>(mut self, mut events: S, shutdown: F) -> Self
+    where
+        S: Stream<Item = Event> + Unpin,
+        F: Future<Output = ()>,
+    {
+        tokio::pin!(shutdown);
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                // Timer first: a steady stream of events must not starve syncs.
+                biased;
+                _ = sleep_until(deadline), if deadline.is_some() => self.sync_now(Instant::now()),
+                event = events.next() => match event {
+                    Some(event) => { self.handle(event, Instant::now()); }
+                    None => break,
+                },
+                _ = &mut shutdown => break,
+            }
+        }
+        self
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d).await;
+    }
+}
+
+/// Backends block (they exec restore tools or talk netlink). On a
+/// multi-threaded runtime, tell tokio so it moves other tasks (watches,
+/// health) off this thread; on a current-thread runtime (tests) just call.
+fn run_blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
