@@ -16,3 +16,6 @@ pub mod snapshot;
 pub mod sync;
 pub mod track;
 pub mod watch;
+
+#[cfg(test)]
+mod testutil;

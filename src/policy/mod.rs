@@ -309,3 +309,6 @@ pub fn route(
 pub fn source_range_allows(ranges: &[IpNet], source: std::net::IpAddr) -> bool {
     ranges.is_empty() || ranges.iter().any(|r| r.contains(&source))
 }
+
+#[cfg(test)]
+mod tests;

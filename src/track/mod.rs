@@ -464,3 +464,6 @@ fn set_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
         true
     }
 }
+
+#[cfg(test)]
+mod tests;

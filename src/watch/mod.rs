@@ -230,3 +230,6 @@ pub fn watch_all(client: Client, config: &WatchConfig) -> EventStream {
     );
     Box::pin(stream::select(stream::select(services, slices), node))
 }
+
+#[cfg(test)]
+mod tests;

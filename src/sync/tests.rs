@@ -1,0 +1,272 @@
+//! Runner tests on tokio's paused clock: gating on the first lists,
+//! coalescing, periodic full syncs, retry with backoff.
+
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use serde_json::json;
+
+use super::*;
+use crate::dataplane::memory::{MemoryDataplane, MemoryHandle, SyncRecord};
+use crate::model::{NodeInfo, ServicePortKey};
+use crate::policy::NodeContext;
+use crate::testutil::*;
+
+fn svc(name: &str, ip: &str) -> crate::model::Service {
+    service(
+        "ns",
+        name,
+        json!({"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}),
+    )
+}
+
+fn eps(name: &str, ips: &[&str]) -> crate::model::Slice {
+    let endpoints: Vec<_> = ips.iter().map(|ip| ep(ip, "node-b")).collect();
+    slice(
+        "ns",
+        &format!("{name}-1"),
+        name,
+        "IPv4",
+        json!([port("http", 8080, "TCP")]),
+        json!(endpoints),
+    )
+}
+
+fn key(name: &str) -> ServicePortKey {
+    ServicePortKey::new("ns", name, "http", crate::model::Protocol::Tcp)
+}
+
+fn resets() -> Vec<Event> {
+    vec![
+        Event::Service(Update::Reset {
+            objects: vec![svc("a", "10.96.0.1"), svc("b", "10.96.0.2")],
+            keep: vec![],
+        }),
+        Event::Slice(Update::Reset {
+            objects: vec![eps("a", &["10.244.1.1"]), eps("b", &["10.244.1.2"])],
+            keep: vec![],
+        }),
+        Event::Node(Update::Reset {
+            objects: vec![NodeInfo::default()],
+            keep: vec![],
+        }),
+    ]
+}
+
+struct Harness {
+    tx: mpsc::UnboundedSender<Event>,
+    handle: MemoryHandle,
+    status: watch::Receiver<AgentStatus>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Agent<MemoryDataplane>>,
+}
+
+impl Harness {
+    fn start(settings: SyncSettings) -> Harness {
+        let dataplane = MemoryDataplane::new();
+        let handle = dataplane.handle();
+        let agent = Agent::new(Tracker::new(NodeContext::new("node-a")), dataplane, settings);
+        let status = agent.subscribe();
+        let (tx, rx) = mpsc::unbounded();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(rx, async move {
+            let _ = stopped.await;
+        }));
+        Harness {
+            tx,
+            handle,
+            status,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn send(&self, e: Event) {
+        self.tx.unbounded_send(e).expect("agent is running");
+    }
+
+    fn syncs(&self) -> Vec<SyncRecord> {
+        self.handle.syncs()
+    }
+
+    async fn stop(mut self) -> Agent<MemoryDataplane> {
+        let _ = self.stop.take().expect("running").send(());
+        self.task.await.expect("agent task")
+    }
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_sync_before_services_slices_and_node_are_listed() {
+    let h = Harness::start(SyncSettings::default());
+    let [services, slices, node]: [Event; 3] = resets().try_into().unwrap();
+    h.send(services);
+    h.send(slices);
+    sleep_ms(5_000).await;
+    assert!(h.syncs().is_empty(), "the Node has not been listed yet");
+    assert!(!h.status.borrow().initialized);
+    h.send(node);
+    sleep_ms(10).await;
+    let syncs = h.syncs();
+    assert_eq!(syncs.len(), 1);
+    assert!(syncs[0].full, "the first sync is full");
+    assert_eq!(syncs[0].touched, vec![key("a"), key("b")]);
+    assert!(h.status.borrow().initialized);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_within_min_sync_period_are_coalesced_into_one_partial_sync() {
+    let h = Harness::start(SyncSettings::default());
+    for e in resets() {
+        h.send(e);
+    }
+    sleep_ms(10).await;
+    assert_eq!(h.syncs().len(), 1);
+    // Three changes inside one second, two to the same service.
+    h.send(Event::Slice(Update::Apply(eps("a", &["10.244.1.1", "10.244.1.3"]))));
+    sleep_ms(100).await;
+    h.send(Event::Slice(Update::Apply(eps("a", &["10.244.1.3"]))));
+    sleep_ms(100).await;
+    // A no-op update must not cause a sync by itself.
+    h.send(Event::Service(Update::Apply(svc("b", "10.96.0.2"))));
+    sleep_ms(100).await;
+    assert_eq!(h.syncs().len(), 1, "min-sync-period not over yet");
+    sleep_ms(800).await;
+    let syncs = h.syncs();
+    assert_eq!(syncs.len(), 2);
+    assert!(!syncs[1].full);
+    assert_eq!(syncs[1].touched, vec![key("a")], "only the changed service port");
+    assert_eq!(
+        h.handle.programmed()[&key("a")].families[0].cluster,
+        ["10.244.1.3:8080".parse().unwrap()]
+    );
+    // Nothing pending: nothing happens until the periodic full sync.
+    sleep_ms(20_000).await;
+    assert_eq!(h.syncs().len(), 2);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_after_a_quiet_period_syncs_at_once() {
+    let h = Harness::start(SyncSettings::default());
+    for e in resets() {
+        h.send(e);
+    }
+    sleep_ms(5_000).await;
+    h.send(Event::Service(Update::Delete(crate::model::ServiceKey::new("ns", "b"))));
+    sleep_ms(1).await;
+    let syncs = h.syncs();
+    assert_eq!(syncs.len(), 2);
+    assert_eq!(syncs[1].touched, vec![key("b")]);
+    assert!(!h.handle.programmed().contains_key(&key("b")));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_sync_runs_every_sync_period_and_repairs_drift() {
+    let h = Harness::start(SyncSettings {
+        min_sync_period: Duration::from_secs(1),
+        sync_period: Duration::from_secs(30),
+    });
+    for e in resets() {
+        h.send(e);
+    }
+    sleep_ms(10).await;
+    // Someone removes a rule behind our back.
+    h.handle.state().programmed.remove(&key("a"));
+    sleep_ms(29_000).await;
+    assert_eq!(h.syncs().len(), 1);
+    sleep_ms(1_100).await;
+    let syncs = h.syncs();
+    assert_eq!(syncs.len(), 2);
+    assert!(syncs[1].full);
+    assert!(
+        h.handle.programmed().contains_key(&key("a")),
+        "the periodic full sync restored it"
+    );
+    sleep_ms(30_000).await;
+    assert_eq!(h.syncs().len(), 3);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_sync_is_counted_and_retried_as_full_with_backoff() {
+    let h = Harness::start(SyncSettings::default());
+    for e in resets() {
+        h.send(e);
+    }
+    sleep_ms(2_000).await;
+    h.handle.fail_next(2);
+    let start = Instant::now();
+    h.send(Event::Slice(Update::Apply(eps("a", &["10.244.1.9"]))));
+    sleep_ms(10).await;
+    assert!(h.status.borrow().failing);
+    // Retries after 1 s, then 2 s; both as full syncs.
+    sleep_ms(995).await;
+    assert_eq!(h.syncs().len(), 3);
+    sleep_ms(1_000).await;
+    assert_eq!(h.syncs().len(), 3, "second retry waits 2 s");
+    sleep_ms(1_100).await;
+    let syncs = h.syncs();
+    assert_eq!(syncs.len(), 4);
+    assert_eq!(
+        syncs.iter().map(|s| (s.full, s.failed)).collect::<Vec<_>>(),
+        [(true, false), (false, true), (true, true), (true, false)]
+    );
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    let status = h.status.borrow().clone();
+    assert!(!status.failing);
+    assert_eq!(status.counters.failed_syncs, 2);
+    assert_eq!(status.counters.full_syncs, 2);
+    assert_eq!(
+        h.handle.programmed()[&key("a")].families[0].cluster,
+        ["10.244.1.9:8080".parse().unwrap()]
+    );
+    h.stop().await;
+}
+
+#[test]
+fn retry_delay_doubles_up_to_sync_period() {
+    let s = SyncSettings {
+        min_sync_period: Duration::from_secs(1),
+        sync_period: Duration::from_secs(30),
+    };
+    let delays: Vec<u64> = (1..=7).map(|n| s.retry_delay(n).as_secs()).collect();
+    assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn relist_after_a_gap_deletes_what_vanished_in_one_sync() {
+    let h = Harness::start(SyncSettings::default());
+    for e in resets() {
+        h.send(e);
+    }
+    sleep_ms(2_000).await;
+    // The watch reconnects: service b and its slice vanished meanwhile.
+    h.send(Event::WatchError {
+        resource: "services",
+        message: "connection reset".into(),
+    });
+    h.send(Event::Service(Update::Reset {
+        objects: vec![svc("a", "10.96.0.1")],
+        keep: vec![],
+    }));
+    h.send(Event::Slice(Update::Reset {
+        objects: vec![eps("a", &["10.244.1.1"])],
+        keep: vec![],
+    }));
+    sleep_ms(10).await;
+    let syncs = h.syncs();
+    assert_eq!(syncs.len(), 2);
+    assert_eq!(syncs[1].touched, vec![key("b")]);
+    assert_eq!(
+        h.handle.programmed().keys().cloned().collect::<Vec<_>>(),
+        vec![key("a")]
+    );
+    let agent = h.stop().await;
+    assert_eq!(agent.status.counters.watch_errors, 1);
+}

@@ -1,0 +1,8 @@
+//! Shared support code for integration tests: `mod support;` in a `tests/*.rs`
+//! file.
+
+// Each integration test binary compiles this module separately and uses only
+// part of it.
+#![allow(dead_code)]
+
+pub mod controlplane;
