@@ -168,17 +168,18 @@ impl BackendTable {
                 plan: None,
             }),
         };
-        if !edit(entry) {
-            return;
+        if edit(entry) {
+            let plan = entry
+                .service
+                .as_ref()
+                .map(|info| policy::plan(info, &entry.endpoints, node));
+            if plan != entry.plan {
+                entry.plan = plan;
+                changes.insert(key.clone());
+            }
         }
-        let plan = entry
-            .service
-            .as_ref()
-            .map(|info| policy::plan(info, &entry.endpoints, node));
-        if plan != entry.plan {
-            entry.plan = plan;
-            changes.insert(key.clone());
-        }
+        // An entry with neither half is dropped, also when the edit found
+        // nothing to change (a slice port with no endpoints and no Service).
         if entry.service.is_none() && entry.endpoints.is_empty() {
             self.entries.remove(key);
         }
@@ -344,36 +345,25 @@ impl Tracker {
     /// Add or replace an EndpointSlice.
     pub fn apply_slice(&mut self, slice: Slice) -> ChangeSet {
         let mut changes = ChangeSet::new();
-        let key = slice.key.clone();
-        let service = slice.service.clone();
-        let previous_owner = self.slices.owner.insert(key.clone(), service.clone());
-        let slices = self.slices.by_service.entry(service.clone()).or_default();
-        match slices.get(&key.name) {
-            Some(old) if **old == slice => return changes,
-            _ => {
-                slices.insert(key.name.clone(), Arc::new(slice));
-            }
+        for service in self.store_slice(slice) {
+            self.refresh_endpoints(&service, &mut changes);
         }
-        if let Some(old_owner) = previous_owner.filter(|o| *o != service) {
-            // The slice's service-name label changed: it leaves the old Service.
-            self.remove_from_service(&old_owner, &key.name);
-            self.refresh_endpoints(&old_owner, &mut changes);
-        }
-        self.refresh_endpoints(&service, &mut changes);
         changes
     }
 
     /// Remove an EndpointSlice.
     pub fn delete_slice(&mut self, key: &SliceKey) -> ChangeSet {
         let mut changes = ChangeSet::new();
-        if let Some(owner) = self.slices.owner.remove(key) {
-            self.remove_from_service(&owner, &key.name);
+        if let Some(owner) = self.unstore_slice(key) {
             self.refresh_endpoints(&owner, &mut changes);
         }
         changes
     }
 
     /// Replace every EndpointSlice with a relisted set (see [`Tracker::reset_services`]).
+    /// The cache is updated first and each affected Service is merged once,
+    /// so an endpoint that moved between slices while the watch was down
+    /// reports no change.
     pub fn reset_slices(&mut self, slices: Vec<Slice>, keep: &[SliceKey]) -> ChangeSet {
         let mut listed: std::collections::HashSet<SliceKey> = slices.iter().map(|s| s.key.clone()).collect();
         listed.extend(keep.iter().cloned());
@@ -384,14 +374,45 @@ impl Tracker {
             .filter(|k| !listed.contains(*k))
             .cloned()
             .collect();
-        let mut changes = ChangeSet::new();
+        let mut affected = std::collections::BTreeSet::new();
         for key in gone {
-            changes.merge(self.delete_slice(&key));
+            affected.extend(self.unstore_slice(&key));
         }
         for slice in slices {
-            changes.merge(self.apply_slice(slice));
+            affected.extend(self.store_slice(slice));
+        }
+        let mut changes = ChangeSet::new();
+        for service in affected {
+            self.refresh_endpoints(&service, &mut changes);
         }
         changes
+    }
+
+    /// Put a slice into the cache; returns the Services whose endpoints may
+    /// have changed (none when the slice is unchanged; two when its
+    /// service-name label moved it from one Service to another).
+    fn store_slice(&mut self, slice: Slice) -> Vec<ServiceKey> {
+        let key = slice.key.clone();
+        let service = slice.service.clone();
+        let previous_owner = self.slices.owner.insert(key.clone(), service.clone());
+        let slices = self.slices.by_service.entry(service.clone()).or_default();
+        if slices.get(&key.name).is_some_and(|old| **old == slice) {
+            return Vec::new();
+        }
+        slices.insert(key.name.clone(), Arc::new(slice));
+        let mut affected = vec![service.clone()];
+        if let Some(old_owner) = previous_owner.filter(|o| *o != service) {
+            self.remove_from_service(&old_owner, &key.name);
+            affected.push(old_owner);
+        }
+        affected
+    }
+
+    /// Take a slice out of the cache; returns the Service it belonged to.
+    fn unstore_slice(&mut self, key: &SliceKey) -> Option<ServiceKey> {
+        let owner = self.slices.owner.remove(key)?;
+        self.remove_from_service(&owner, &key.name);
+        Some(owner)
     }
 
     /// Take the agent's own Node (or its absence). Only the zone shapes the
@@ -467,3 +488,6 @@ fn set_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

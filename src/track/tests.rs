@@ -522,3 +522,14 @@ fn zone_change_replans_only_ports_with_zone_hints() {
     assert_eq!(cluster(&t, &tcp("web", "http")), ["10.244.2.1:8080"]);
     assert!(t.set_node(Some(&node)).is_empty(), "same zone: no change");
 }
+
+#[test]
+fn relist_where_an_endpoint_moved_between_slices_reports_no_change() {
+    let mut t = tracker();
+    t.apply_service(web());
+    t.apply_slice(web_slice("web-1", json!([ep("10.244.1.1", "node-a")])));
+    // While the watch was down the endpoint moved from web-1 to web-2.
+    let changes = t.reset_slices(vec![web_slice("web-2", json!([ep("10.244.1.1", "node-a")]))], &[]);
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(t.slice_count(), 1);
+}
