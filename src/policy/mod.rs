@@ -199,10 +199,12 @@ fn available_for_topology(e: &Endpoint, mode: TopologyMode, node: &NodeContext) 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum FrontendKind {
     /// The cluster IP.
+    #[serde(rename = "ClusterIP")]
     ClusterIp,
     /// A node port on the node's addresses.
     NodePort,
     /// An address from `spec.externalIPs`.
+    #[serde(rename = "ExternalIP")]
     ExternalIp,
     /// A load-balancer ingress IP.
     LoadBalancer,
@@ -210,6 +212,7 @@ pub enum FrontendKind {
 
 /// Where a connection comes from, as the rules tell it apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ClientKind {
     /// A pod (source inside `--cluster-cidr`).
     Pod,
