@@ -28,7 +28,11 @@ fn golden(name: &str, actual: &str) {
         std::fs::write(&path, actual).expect("write golden file");
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(expected == actual, "{} differs from the output:\n{actual}", path.display());
+    assert!(
+        expected == actual,
+        "{} differs from the output:\n{actual}",
+        path.display()
+    );
 }
 
 fn temp_file(name: &str, text: &str) -> PathBuf {
@@ -69,11 +73,22 @@ fn render_example_json_matches_golden() {
 
 #[test]
 fn render_from_another_node_sees_other_local_endpoints() {
-    let out = sliceproxy(&["render", "-f", "examples/cluster.yaml", "--hostname-override", "node-b", "--ip-family", "ipv4"]);
+    let out = sliceproxy(&[
+        "render",
+        "-f",
+        "examples/cluster.yaml",
+        "--hostname-override",
+        "node-b",
+        "--ip-family",
+        "ipv4",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     // node-cache has its only endpoint on node-b: not dropped there.
-    let line = text.lines().find(|l| l.starts_with("demo/node-cache")).expect("node-cache row");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("demo/node-cache"))
+        .expect("node-cache row");
     assert!(line.contains("10.244.2.40:6379") && !line.contains("drop"), "{line}");
     assert!(!text.contains("fd00:"), "--ip-family ipv4 prints no IPv6 rows");
 }
@@ -99,7 +114,15 @@ items:
   metadata: {name: c, namespace: ns}
 "#;
     let path = temp_file("list.yaml", list);
-    let out = sliceproxy(&["render", "-f", path.to_str().unwrap(), "--hostname-override", "n1", "-o", "json"]);
+    let out = sliceproxy(&[
+        "render",
+        "-f",
+        path.to_str().unwrap(),
+        "--hostname-override",
+        "n1",
+        "-o",
+        "json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["servicePort"], "ns/one:http/TCP");
@@ -123,7 +146,10 @@ spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
     let out = sliceproxy(&["render", "-f", path.to_str().unwrap(), "--hostname-override", "n1"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("ns/bad") && err.contains("spec.clusterIPs[0]") && err.contains("10.96.0.300"), "{err}");
+    assert!(
+        err.contains("ns/bad") && err.contains("spec.clusterIPs[0]") && err.contains("10.96.0.300"),
+        "{err}"
+    );
     assert!(stdout(&out).contains("ns/good"), "the valid Service is still rendered");
 }
 
@@ -140,7 +166,11 @@ fn invalid_flag_value_exits_2_naming_flag_and_value() {
         (vec!["--sync-period", "soon"], "--sync-period", "soon"),
         (vec!["--proxy-mode", "userspace"], "--proxy-mode", "userspace"),
         (vec!["--cluster-cidr", "10.0.0.0/33"], "--cluster-cidr", "10.0.0.0/33"),
-        (vec!["--healthz-bind-address", "nowhere:x"], "--healthz-bind-address", "nowhere:x"),
+        (
+            vec!["--healthz-bind-address", "nowhere:x"],
+            "--healthz-bind-address",
+            "nowhere:x",
+        ),
     ] {
         let out = sliceproxy(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
@@ -173,14 +203,32 @@ fn flags_override_the_config_file_in_render() {
         "cfg.yaml",
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhostnameOverride: node-b\nclusterCIDR: 10.244.0.0/16\n",
     );
-    let base = ["render", "-f", "examples/cluster.yaml", "--config", path.to_str().unwrap(), "--ip-family", "ipv4"];
+    let base = [
+        "render",
+        "-f",
+        "examples/cluster.yaml",
+        "--config",
+        path.to_str().unwrap(),
+        "--ip-family",
+        "ipv4",
+    ];
     let from_file = stdout(&sliceproxy(&base));
     let mut args = base.to_vec();
     args.extend(["--hostname-override", "node-a"]);
     let overridden = stdout(&sliceproxy(&args));
-    let row = |text: &str| text.lines().find(|l| l.starts_with("demo/node-cache")).map(str::to_string);
-    assert!(!row(&from_file).expect("row").contains("drop"), "node-b has node-cache's endpoint");
-    assert!(row(&overridden).expect("row").contains("drop"), "node-a has none: the flag won");
+    let row = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("demo/node-cache"))
+            .map(str::to_string)
+    };
+    assert!(
+        !row(&from_file).expect("row").contains("drop"),
+        "node-b has node-cache's endpoint"
+    );
+    assert!(
+        row(&overridden).expect("row").contains("drop"),
+        "node-a has none: the flag won"
+    );
 }
 
 #[test]

@@ -70,9 +70,19 @@ fn service_strategy() -> impl Strategy<Value = Service> {
 }
 
 fn endpoint_strategy(v6: bool) -> impl Strategy<Value = Value> {
-    (0..4u8, 0..NODES.len(), 0..8u8, proptest::option::of(0..ZONES.len()), proptest::option::of(0..NODES.len()))
+    (
+        0..4u8,
+        0..NODES.len(),
+        0..8u8,
+        proptest::option::of(0..ZONES.len()),
+        proptest::option::of(0..NODES.len()),
+    )
         .prop_map(move |(ip, node, cond, zone, node_hint)| {
-            let ip = if v6 { format!("fd00:244::{ip}") } else { format!("10.244.0.{ip}") };
+            let ip = if v6 {
+                format!("fd00:244::{ip}")
+            } else {
+                format!("10.244.0.{ip}")
+            };
             let mut e = ep_cond(&ip, NODES[node], cond & 1 != 0, cond & 2 != 0, cond & 4 != 0);
             let zones: Vec<&str> = zone.map(|z| ZONES[z]).into_iter().collect();
             let nodes: Vec<&str> = node_hint.map(|n| NODES[n]).into_iter().collect();
@@ -84,7 +94,13 @@ fn endpoint_strategy(v6: bool) -> impl Strategy<Value = Value> {
 }
 
 fn slice_strategy() -> impl Strategy<Value = Slice> {
-    (0..SLICES.len(), 0..SERVICES.len(), any::<bool>(), proptest::sample::subsequence(PORTS.to_vec(), 0..=3), 0..2u16)
+    (
+        0..SLICES.len(),
+        0..SERVICES.len(),
+        any::<bool>(),
+        proptest::sample::subsequence(PORTS.to_vec(), 0..=3),
+        0..2u16,
+    )
         .prop_flat_map(|(name, svc, v6, ports, pv)| {
             proptest::collection::vec(endpoint_strategy(v6), 0..5).prop_map(move |eps| {
                 let ports: Vec<Value> = ports.iter().map(|(n, p)| port(n, 8080 + pv, p)).collect();
@@ -110,7 +126,10 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 
 fn slice_key_at(i: usize) -> SliceKey {
     let family = if i % 2 == 0 { "IPv4" } else { "IPv6" };
-    SliceKey { namespace: "ns".into(), name: format!("{}-{}", SLICES[i / 2], family).into() }
+    SliceKey {
+        namespace: "ns".into(),
+        name: format!("{}-{}", SLICES[i / 2], family).into(),
+    }
 }
 
 fn plans(t: &Tracker) -> BTreeMap<ServicePortKey, PortPlan> {

@@ -8,10 +8,10 @@
 # path). Skips the build when the cached binaries exist and report the
 # expected versions. Prints the bin dir on its last line.
 #
-# Cold build on 2 cores: ~3.5 min with Go's module cache already filled, plus
-# the module download (~300 MB) otherwise; cached re-run: <0.1 s. In CI, cache
-# this script's output dir keyed on versions.env (and/or Go's GOCACHE and
-# GOMODCACHE).
+# Measured on 2 cores: 3m22s with an empty GOCACHE but modules already
+# downloaded; 5m48s fully cold (also downloads ~670 MB into GOMODCACHE);
+# cached re-run: 0.1 s. In CI, cache this script's output dir keyed on
+# versions.env (and/or Go's GOCACHE and GOMODCACHE).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env

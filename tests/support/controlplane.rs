@@ -113,7 +113,7 @@ impl Binaries {
                     "control plane binary `{name}` not found at {}.\n\
                      Build the test control plane first:\n\n    \
                      tests/controlplane/build.sh\n\n\
-                     (or point {var} at a {name} binary)",
+                     (or set {var} to the path of a `{name}` binary)",
                     path.display()
                 );
             }
