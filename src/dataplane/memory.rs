@@ -33,6 +33,11 @@ pub struct MemoryState {
     pub fail_next: usize,
     /// `cleanup` was called.
     pub cleaned_up: bool,
+    /// Keep a copy of `programmed` after every successful sync (see
+    /// [`MemoryHandle::record_snapshots`]).
+    pub record_snapshots: bool,
+    /// What was programmed after each successful sync, oldest first.
+    pub snapshots: Vec<BTreeMap<ServicePortKey, PortPlan>>,
 }
 
 /// A cheap handle on the backend's state for assertions. The lock is only
@@ -49,6 +54,17 @@ impl MemoryHandle {
     /// Make the next `n` syncs fail without changing anything.
     pub fn fail_next(&self, n: usize) {
         self.state().fail_next = n;
+    }
+
+    /// From now on keep what is programmed after every sync, so tests can
+    /// check that no intermediate state was ever wrong (a half-empty table).
+    pub fn record_snapshots(&self) {
+        self.state().record_snapshots = true;
+    }
+
+    /// The snapshots recorded so far.
+    pub fn snapshots(&self) -> Vec<BTreeMap<ServicePortKey, PortPlan>> {
+        self.state().snapshots.clone()
     }
 
     /// The sync log so far.
@@ -132,6 +148,10 @@ impl Dataplane for MemoryDataplane {
             touched,
             failed: false,
         });
+        if state.record_snapshots {
+            let snapshot = state.programmed.clone();
+            state.snapshots.push(snapshot);
+        }
         stats.duration = start.elapsed();
         Ok(stats)
     }

@@ -73,6 +73,8 @@ pub struct AgentStatus {
     pub failing: bool,
     /// The last successful sync's stats.
     pub last_stats: Option<SyncStats>,
+    /// The most recent watch error, for operators and tests.
+    pub last_watch_error: Option<String>,
     /// Counters.
     pub counters: SyncCounters,
 }
@@ -172,6 +174,7 @@ impl<D: Dataplane> Agent<D> {
             Event::WatchError { resource, message } => {
                 tracing::warn!(resource, error = %message, "watch failed; retrying with backoff");
                 self.status.counters.watch_errors += 1;
+                self.status.last_watch_error = Some(format!("{resource}: {message}"));
                 ChangeSet::new()
             }
             Event::Invalid(e) => {

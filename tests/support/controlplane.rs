@@ -380,6 +380,19 @@ impl ControlPlane {
         path
     }
 
+    /// Writes a kubeconfig for `token` that reaches the API server through
+    /// `server` (e.g. a proxy on another loopback port; the serving
+    /// certificate is for 127.0.0.1, so any loopback port verifies).
+    pub fn kubeconfig_via(&self, server: &str, token: &str) -> PathBuf {
+        let path = self.dir.join(format!("via-{}.kubeconfig", self.next_id()));
+        let yaml = self
+            .kubeconfig_yaml(token)
+            .replace(&format!("server: {}\n", self.url()), &format!("server: {server}\n"));
+        assert!(yaml.contains(server), "kubeconfig server was not replaced");
+        write_file(&path, &yaml);
+        path
+    }
+
     /// A client authenticated as the admin user.
     ///
     /// A new client per call, on purpose: a `kube::Client` spawns its

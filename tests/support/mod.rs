@@ -5,4 +5,6 @@
 // part of it.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod controlplane;
+pub mod proxy;
