@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sliceproxy::config::{Config, NodePortAddresses, ProxyFlags, ProxyMode};
+use sliceproxy::config::{Config, ProxyFlags, ProxyMode};
 use sliceproxy::dataplane::Dataplane;
+use sliceproxy::dataplane::addresses;
+use sliceproxy::dataplane::exec::{Exec, HostExec};
+use sliceproxy::dataplane::iptables::{self, IptablesConfig, IptablesDataplane, rules::RuleConfig};
 use sliceproxy::model::IpFamily;
 use sliceproxy::policy::{MasqueradeConfig, NodeContext};
 use sliceproxy::render::{self, RenderOptions};
@@ -101,13 +104,6 @@ fn render_command(args: RenderArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if args.flags.proxy_mode.is_some() {
-        eprintln!(
-            "sliceproxy render: --proxy-mode {}: printing the rules of a mode comes with that dataplane; without --proxy-mode, render prints the backend table",
-            config.mode
-        );
-        return ExitCode::from(EXIT_USAGE);
-    }
     let snapshot = match Snapshot::from_file(&args.file) {
         Ok(s) => s,
         Err(e) => {
@@ -135,13 +131,32 @@ fn render_command(args: RenderArgs) -> ExitCode {
             masquerade_all: config.masquerade_all,
             detect_local: !config.cluster_cidrs.is_empty(),
         },
-        node_port_addresses: node_port_addresses(&config.nodeport_addresses, &node_addresses),
+        node_port_addresses: addresses::node_port_addresses(&config.nodeport_addresses, &node_addresses),
         families: match args.ip_family {
             None => Vec::new(),
             Some(FamilyArg::Ipv4) => vec![IpFamily::V4],
             Some(FamilyArg::Ipv6) => vec![IpFamily::V6],
         },
     };
+    if args.flags.proxy_mode.is_some() {
+        let family = match args.ip_family {
+            Some(FamilyArg::Ipv6) => IpFamily::V6,
+            _ => IpFamily::V4,
+        };
+        let rules = rule_config(&config, family, &opts.node_port_addresses);
+        match config.mode {
+            ProxyMode::Iptables => print!("{}", IptablesDataplane::render_full(tracker.table(), family, &rules)),
+            mode => {
+                eprintln!("sliceproxy render: --proxy-mode {mode}: this build cannot print {mode} rules yet");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+        return if errors.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let rows = render::rows(tracker.table(), &opts);
     match args.output {
         Output::Table => print!("{}", render::to_text(&rows)),
@@ -154,28 +169,12 @@ fn render_command(args: RenderArgs) -> ExitCode {
     }
 }
 
-/// Which of the node's addresses serve node ports. Loopback never does: a
-/// node port on 127.0.0.1 needs `route_localnet`, which opens the node's
-/// localhost to its neighbours (upstream's nftables mode refuses it too).
-fn node_port_addresses(setting: &NodePortAddresses, node: &[IpAddr]) -> Vec<IpAddr> {
-    node.iter()
-        .copied()
-        .filter(|ip| !ip.is_loopback())
-        .filter(|ip| match setting {
-            NodePortAddresses::All => true,
-            // The primary address of each family: the first the Node lists.
-            NodePortAddresses::Primary => node.iter().find(|a| IpFamily::of(a) == IpFamily::of(ip)) == Some(ip),
-            NodePortAddresses::Cidrs(cidrs) => cidrs.iter().any(|c| c.contains(ip)),
-        })
-        .collect()
-}
-
 fn agent_command(flags: ProxyFlags) -> ExitCode {
     let config = match load_config(&flags) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let mut dataplane = match dataplane_for(config.mode) {
+    let mut dataplane = match dataplane_for(&config) {
         Ok(d) => d,
         Err(message) => {
             eprintln!("sliceproxy: {message}");
@@ -207,12 +206,63 @@ fn agent_command(flags: ProxyFlags) -> ExitCode {
     }
 }
 
-/// The dataplane for a mode. The real backends are built in their own
-/// issues; until one lands, its mode says so instead of pretending.
-fn dataplane_for(mode: ProxyMode) -> Result<Box<dyn Dataplane>, String> {
-    Err(format!(
-        "--proxy-mode {mode}: this build has no {mode} dataplane yet; `sliceproxy render` shows what it would program"
-    ))
+/// Rule settings of one family.
+fn rule_config(config: &Config, family: IpFamily, node_port_addresses: &[IpAddr]) -> RuleConfig {
+    RuleConfig {
+        cluster_cidrs: config
+            .cluster_cidrs
+            .iter()
+            .filter(|c| IpFamily::of(&c.addr()) == family)
+            .copied()
+            .collect(),
+        masquerade_all: config.masquerade_all,
+        node_port_addresses: node_port_addresses
+            .iter()
+            .filter(|a| IpFamily::of(a) == family)
+            .copied()
+            .collect(),
+    }
+}
+
+/// The dataplane for the configured mode.
+fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, String> {
+    match config.mode {
+        ProxyMode::Iptables => {
+            let mut exec = HostExec::new();
+            let variant = iptables::detect_variant(&mut exec);
+            // Program the families the cluster CIDRs name; without them, both
+            // families where the IPv6 tools work (a node without IPv6 has
+            // nothing to program there).
+            let mut families: Vec<IpFamily> = config.cluster_cidrs.iter().map(|c| IpFamily::of(&c.addr())).collect();
+            families.sort();
+            families.dedup();
+            if families.is_empty() {
+                families.push(IpFamily::V4);
+                let v6 = iptables::Tools::new(IpFamily::V6, variant);
+                if exec
+                    .run(&v6.save, &["-t", "nat"], b"")
+                    .map(|o| o.success)
+                    .unwrap_or(false)
+                {
+                    families.push(IpFamily::V6);
+                }
+            }
+            tracing::info!(?variant, ?families, "iptables mode");
+            let cfg = IptablesConfig {
+                families,
+                variant,
+                rules: [
+                    rule_config(config, IpFamily::V4, &[]),
+                    rule_config(config, IpFamily::V6, &[]),
+                ],
+                node_ports: Some(config.nodeport_addresses.clone()),
+            };
+            Ok(Box::new(IptablesDataplane::new(Box::new(exec), cfg)))
+        }
+        mode => Err(format!(
+            "--proxy-mode {mode}: this build has no {mode} dataplane yet; `sliceproxy render` shows what it would program"
+        )),
+    }
 }
 
 async fn run_agent(config: Config, dataplane: Box<dyn Dataplane>) -> Result<(), Box<dyn std::error::Error>> {

@@ -4,6 +4,9 @@
 //! nftables, ipvs) live in their own modules; [`memory::MemoryDataplane`]
 //! records what it was asked to program, for tests and dry runs.
 
+pub mod addresses;
+pub mod exec;
+pub mod iptables;
 pub mod memory;
 
 use std::time::Duration;

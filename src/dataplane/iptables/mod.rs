@@ -1,0 +1,578 @@
+//! `--proxy-mode iptables`: per-service chains in the `nat` and `filter`
+//! tables, programmed with one `iptables-restore --noflush` transaction per
+//! family per sync. The backend remembers what it applied, so a partial sync
+//! writes only the difference: the changed service's own chains, and the
+//! dispatch rules it adds or deletes one by one.
+
+pub mod fake;
+pub mod rules;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use rules::{DispatchRule, OwnChain, PortRules, RuleConfig, Table};
+
+use super::addresses;
+use super::exec::Exec;
+use super::{Dataplane, DataplaneError, SyncScope, SyncStats};
+use crate::config::NodePortAddresses;
+use crate::model::{IpFamily, ServicePortKey};
+use crate::track::BackendTable;
+
+/// Which iptables the host uses. Both can be installed; the kernel keeps
+/// their rules apart, so we must use the one the host firewall uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// iptables-nft (`iptables --version` says `nf_tables`).
+    Nft,
+    /// iptables-legacy.
+    Legacy,
+}
+
+/// The command names of one family and variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tools {
+    /// `iptables` / `ip6tables` (and the `-nft`/`-legacy` spellings).
+    pub iptables: String,
+    /// `iptables-restore`.
+    pub restore: String,
+    /// `iptables-save`.
+    pub save: String,
+}
+
+impl Tools {
+    /// The tools for a family and variant.
+    pub fn new(family: IpFamily, variant: Variant) -> Tools {
+        let base = match family {
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
+        };
+        let suffix = match variant {
+            Variant::Nft => "-nft",
+            Variant::Legacy => "-legacy",
+        };
+        Tools {
+            iptables: format!("{base}{suffix}"),
+            restore: format!("{base}{suffix}-restore"),
+            save: format!("{base}{suffix}-save"),
+        }
+    }
+}
+
+/// Find out which variant the host uses, as kube-proxy's iptables wrapper
+/// does: the one holding more rules wins (a host firewall or another
+/// component already chose); with none anywhere, what `iptables` points at.
+pub fn detect_variant(exec: &mut dyn Exec) -> Variant {
+    let count = |exec: &mut dyn Exec, tool: &str| -> usize {
+        exec.run(tool, &[], b"")
+            .ok()
+            .filter(|o| o.success)
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with("-A "))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let legacy = count(exec, "iptables-legacy-save") + count(exec, "ip6tables-legacy-save");
+    let nft = count(exec, "iptables-nft-save") + count(exec, "ip6tables-nft-save");
+    if legacy > nft {
+        return Variant::Legacy;
+    }
+    if nft > legacy {
+        return Variant::Nft;
+    }
+    match exec.run("iptables", &["--version"], b"") {
+        Ok(o) if String::from_utf8_lossy(&o.stdout).contains("legacy") => Variant::Legacy,
+        _ => Variant::Nft,
+    }
+}
+
+/// One family's backend state.
+struct FamilyState {
+    family: IpFamily,
+    tools: Tools,
+    cfg: RuleConfig,
+    /// What we last applied, per service port.
+    applied: HashMap<ServicePortKey, PortRules>,
+    /// Our chains that exist in the kernel, as far as we know.
+    known_chains: BTreeMap<Table, BTreeSet<String>>,
+    /// Before the first full sync, look for chains a previous run left.
+    discover: bool,
+}
+
+/// The iptables dataplane.
+pub struct IptablesDataplane {
+    exec: Box<dyn Exec>,
+    families: Vec<FamilyState>,
+    node_ports: Option<NodePortAddresses>,
+}
+
+/// Construction settings.
+#[derive(Debug, Clone)]
+pub struct IptablesConfig {
+    /// Families to program.
+    pub families: Vec<IpFamily>,
+    /// Which iptables to drive.
+    pub variant: Variant,
+    /// Per-family rule settings, `[v4, v6]`.
+    pub rules: [RuleConfig; 2],
+    /// When set, node-port addresses are the node's own addresses
+    /// (re-read at every full sync, so changes are followed) filtered by
+    /// this setting; when unset, `rules[..].node_port_addresses` is used as given.
+    pub node_ports: Option<NodePortAddresses>,
+}
+
+impl IptablesDataplane {
+    /// A backend driving the tools through `exec`.
+    pub fn new(exec: Box<dyn Exec>, config: IptablesConfig) -> IptablesDataplane {
+        let families = config
+            .families
+            .iter()
+            .map(|&family| FamilyState {
+                family,
+                tools: Tools::new(family, config.variant),
+                cfg: config.rules[family.index()].clone(),
+                applied: HashMap::new(),
+                known_chains: BTreeMap::new(),
+                discover: true,
+            })
+            .collect();
+        IptablesDataplane {
+            exec,
+            families,
+            node_ports: config.node_ports,
+        }
+    }
+
+    /// Re-read the node's addresses for the node-port rules.
+    fn refresh_node_port_addresses(&mut self) -> Result<(), DataplaneError> {
+        let Some(setting) = &self.node_ports else { return Ok(()) };
+        let local = addresses::local_addresses(self.exec.as_mut()).map_err(DataplaneError::Other)?;
+        let chosen = addresses::node_port_addresses(setting, &local);
+        for f in &mut self.families {
+            f.cfg.node_port_addresses = chosen.iter().filter(|a| IpFamily::of(a) == f.family).copied().collect();
+        }
+        Ok(())
+    }
+
+    /// The exact `iptables-restore` input a full sync writes for `family`.
+    pub fn render_full(table: &BackendTable, family: IpFamily, cfg: &RuleConfig) -> String {
+        let desired = desired(table, family, cfg);
+        full_restore(&desired, cfg, &BTreeMap::new())
+    }
+}
+
+fn desired(table: &BackendTable, family: IpFamily, cfg: &RuleConfig) -> BTreeMap<ServicePortKey, PortRules> {
+    table
+        .plans()
+        .map(|(k, p)| (k.clone(), rules::render(p, family, cfg)))
+        .filter(|(_, r)| !r.dispatch.is_empty() || !r.chains.is_empty())
+        .collect()
+}
+
+fn chain_line(out: &mut String, name: &str) {
+    let _ = writeln!(out, ":{name} - [0:0]");
+}
+
+fn rule_line(out: &mut String, op: &str, chain: &str, spec: &str) {
+    let _ = writeln!(out, "{op} {chain} {spec}");
+}
+
+/// A full rewrite: every static chain, every desired chain, every dispatch
+/// rule; chains of ours that are no longer wanted (`stale`) are deleted.
+fn full_restore(
+    desired: &BTreeMap<ServicePortKey, PortRules>,
+    cfg: &RuleConfig,
+    stale: &BTreeMap<Table, BTreeSet<String>>,
+) -> String {
+    let mut out = String::new();
+    for table in [Table::Nat, Table::Filter] {
+        let statics = rules::static_chains(table, cfg);
+        let own: Vec<&OwnChain> = if table == Table::Nat {
+            desired.values().flat_map(|r| r.chains.iter()).collect()
+        } else {
+            Vec::new()
+        };
+        let empty = BTreeSet::new();
+        let wanted: BTreeSet<&str> = statics
+            .iter()
+            .map(|c| c.name.as_str())
+            .chain(own.iter().map(|c| c.name.as_str()))
+            .collect();
+        let stale: Vec<&String> = stale
+            .get(&table)
+            .unwrap_or(&empty)
+            .iter()
+            .filter(|c| !wanted.contains(c.as_str()))
+            .collect();
+        let _ = writeln!(out, "*{}", table.name());
+        for c in &statics {
+            chain_line(&mut out, &c.name);
+        }
+        for c in &own {
+            chain_line(&mut out, &c.name);
+        }
+        for c in &stale {
+            chain_line(&mut out, c);
+        }
+        for c in &statics {
+            for r in &c.rules {
+                rule_line(&mut out, "-A", &c.name, r);
+            }
+        }
+        for r in desired
+            .values()
+            .flat_map(|r| r.dispatch.iter())
+            .filter(|d| d.table == table)
+        {
+            rule_line(&mut out, "-A", r.chain, &r.spec);
+        }
+        for c in &own {
+            for r in &c.rules {
+                rule_line(&mut out, "-A", &c.name, r);
+            }
+        }
+        for c in &stale {
+            let _ = writeln!(out, "-X {c}");
+        }
+        let _ = writeln!(out, "COMMIT");
+    }
+    out
+}
+
+/// The difference between what was applied and what is wanted for some
+/// service ports: their own chains that changed are flushed and rewritten,
+/// chains they no longer have are deleted, and their dispatch rules are
+/// deleted or appended one by one. Returns "" when nothing differs.
+fn partial_restore(changes: &[(&ServicePortKey, Option<&PortRules>, Option<&PortRules>)]) -> String {
+    let empty = PortRules::default();
+    let mut out = String::new();
+    for table in [Table::Nat, Table::Filter] {
+        let (mut declare, mut delete_rules, mut append, mut remove_chains) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut bodies: Vec<&OwnChain> = Vec::new();
+        for (_, old, new) in changes {
+            let old = old.unwrap_or(&empty);
+            let new = new.unwrap_or(&empty);
+            let old_d: BTreeSet<&DispatchRule> = old.dispatch.iter().filter(|d| d.table == table).collect();
+            let new_d: BTreeSet<&DispatchRule> = new.dispatch.iter().filter(|d| d.table == table).collect();
+            delete_rules.extend(old_d.difference(&new_d).copied());
+            append.extend(new_d.difference(&old_d).copied());
+            if table == Table::Nat {
+                for c in &new.chains {
+                    if !old.chains.contains(c) {
+                        declare.push(c.name.clone());
+                        bodies.push(c);
+                    }
+                }
+                for c in &old.chains {
+                    if !new.chains.iter().any(|n| n.name == c.name) {
+                        declare.push(c.name.clone());
+                        remove_chains.push(c.name.clone());
+                    }
+                }
+            }
+        }
+        if declare.is_empty() && delete_rules.is_empty() && append.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "*{}", table.name());
+        for c in &declare {
+            chain_line(&mut out, c);
+        }
+        // Deletions first: a deleted chain must lose its last reference
+        // before `-X`, and the kernel applies the lines in order.
+        for d in delete_rules {
+            rule_line(&mut out, "-D", d.chain, &d.spec);
+        }
+        for d in append {
+            rule_line(&mut out, "-A", d.chain, &d.spec);
+        }
+        for c in bodies {
+            for r in &c.rules {
+                rule_line(&mut out, "-A", &c.name, r);
+            }
+        }
+        for c in remove_chains {
+            let _ = writeln!(out, "-X {c}");
+        }
+        let _ = writeln!(out, "COMMIT");
+    }
+    out
+}
+
+/// Our chains in an `iptables-save` dump, per table.
+fn our_chains(save: &str) -> BTreeMap<Table, BTreeSet<String>> {
+    let mut out: BTreeMap<Table, BTreeSet<String>> = BTreeMap::new();
+    let mut table = None;
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = match t.trim() {
+                "nat" => Some(Table::Nat),
+                "filter" => Some(Table::Filter),
+                _ => None,
+            };
+        } else if let (Some(t), Some(rest)) = (table, line.strip_prefix(':')) {
+            let name = rest.split_whitespace().next().unwrap_or("");
+            if name.starts_with(rules::PREFIX) {
+                out.entry(t).or_default().insert(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+const RESTORE_ARGS: &[&str] = &["-w", "5", "--noflush"];
+
+impl FamilyState {
+    fn restore(&self, exec: &mut dyn Exec, input: &str) -> Result<(), DataplaneError> {
+        let out = exec
+            .run(&self.tools.restore, RESTORE_ARGS, input.as_bytes())
+            .map_err(|source| DataplaneError::Exec {
+                tool: "iptables-restore",
+                source,
+            })?;
+        if out.success {
+            Ok(())
+        } else {
+            Err(DataplaneError::Refused {
+                tool: "iptables-restore",
+                message: format!("{} ({}): {}", self.tools.restore, self.family, out.stderr_text()),
+            })
+        }
+    }
+
+    fn save(&self, exec: &mut dyn Exec) -> Result<String, DataplaneError> {
+        let out = exec
+            .run(&self.tools.save, &[], b"")
+            .map_err(|source| DataplaneError::Exec {
+                tool: "iptables-save",
+                source,
+            })?;
+        if !out.success {
+            return Err(DataplaneError::Refused {
+                tool: "iptables-save",
+                message: out.stderr_text(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Make sure each jump from a built-in chain exists (`-C`, else `-I`).
+    fn ensure_jumps(&self, exec: &mut dyn Exec) -> Result<(), DataplaneError> {
+        for j in rules::jumps() {
+            let spec = shell_words(&j.spec);
+            let mut args = vec!["-w", "5", "-t", j.table.name(), "-C", j.from];
+            args.extend(spec.iter().map(String::as_str));
+            let present = exec
+                .run(&self.tools.iptables, &args, b"")
+                .map(|o| o.success)
+                .unwrap_or(false);
+            if !present {
+                args[4] = "-I";
+                let out = exec
+                    .run(&self.tools.iptables, &args, b"")
+                    .map_err(|source| DataplaneError::Exec {
+                        tool: "iptables",
+                        source,
+                    })?;
+                if !out.success {
+                    return Err(DataplaneError::Refused {
+                        tool: "iptables",
+                        message: format!("-t {} -I {}: {}", j.table.name(), j.from, out.stderr_text()),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn full_sync(
+        &mut self,
+        exec: &mut dyn Exec,
+        table: &BackendTable,
+        stats: &mut SyncStats,
+    ) -> Result<(), DataplaneError> {
+        let desired = desired(table, self.family, &self.cfg);
+        if self.discover {
+            // Chains a previous run left behind (an agent restart, a crash):
+            // they are ours to delete if no longer wanted.
+            let found = our_chains(&self.save(exec)?);
+            for (t, chains) in found {
+                self.known_chains.entry(t).or_default().extend(chains);
+            }
+        }
+        let input = full_restore(&desired, &self.cfg, &self.known_chains);
+        self.restore(exec, &input)?;
+        self.ensure_jumps(exec)?;
+        stats.bytes_written += input.len();
+        stats.ports_written += desired.len();
+        stats.ports_removed += self.applied.keys().filter(|k| !desired.contains_key(*k)).count();
+        self.known_chains = BTreeMap::new();
+        for t in [Table::Nat, Table::Filter] {
+            let set = self.known_chains.entry(t).or_default();
+            set.extend(rules::static_chains(t, &self.cfg).into_iter().map(|c| c.name));
+        }
+        let nat = self.known_chains.entry(Table::Nat).or_default();
+        nat.extend(desired.values().flat_map(|r| r.chains.iter().map(|c| c.name.clone())));
+        self.applied = desired.into_iter().collect();
+        self.discover = false;
+        Ok(())
+    }
+
+    fn partial_sync(
+        &mut self,
+        exec: &mut dyn Exec,
+        table: &BackendTable,
+        keys: &[&ServicePortKey],
+        stats: &mut SyncStats,
+    ) -> Result<(), DataplaneError> {
+        let wanted: Vec<(&ServicePortKey, Option<PortRules>)> = keys
+            .iter()
+            .map(|k| {
+                (
+                    *k,
+                    table
+                        .plan(k)
+                        .map(|p| rules::render(p, self.family, &self.cfg))
+                        .filter(|r| !r.dispatch.is_empty() || !r.chains.is_empty()),
+                )
+            })
+            .collect();
+        let changes: Vec<(&ServicePortKey, Option<&PortRules>, Option<&PortRules>)> = wanted
+            .iter()
+            .map(|(k, new)| (*k, self.applied.get(*k), new.as_ref()))
+            .collect();
+        let input = partial_restore(&changes);
+        if input.is_empty() {
+            return Ok(());
+        }
+        self.restore(exec, &input)?;
+        stats.bytes_written += input.len();
+        let nat = self.known_chains.entry(Table::Nat).or_default();
+        for (k, new) in wanted {
+            if let Some(old) = self.applied.get(k) {
+                for c in &old.chains {
+                    nat.remove(&c.name);
+                }
+            }
+            match new {
+                Some(r) => {
+                    nat.extend(r.chains.iter().map(|c| c.name.clone()));
+                    self.applied.insert(k.clone(), r);
+                    stats.ports_written += 1;
+                }
+                None => {
+                    if self.applied.remove(k).is_some() {
+                        stats.ports_removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove every jump and chain of ours, leaving everything else alone.
+    fn cleanup(&mut self, exec: &mut dyn Exec) -> Result<(), DataplaneError> {
+        for j in rules::jumps() {
+            let spec = shell_words(&j.spec);
+            let mut args = vec!["-w", "5", "-t", j.table.name(), "-D", j.from];
+            args.extend(spec.iter().map(String::as_str));
+            // A jump may have been inserted twice (two agents raced): delete until gone.
+            for _ in 0..8 {
+                match exec.run(&self.tools.iptables, &args, b"") {
+                    Ok(o) if o.success => continue,
+                    _ => break,
+                }
+            }
+        }
+        let found = our_chains(&self.save(exec)?);
+        let mut input = String::new();
+        for (table, chains) in &found {
+            let _ = writeln!(input, "*{}", table.name());
+            for c in chains {
+                chain_line(&mut input, c);
+            }
+            for c in chains {
+                let _ = writeln!(input, "-X {c}");
+            }
+            let _ = writeln!(input, "COMMIT");
+        }
+        if !input.is_empty() {
+            self.restore(exec, &input)?;
+        }
+        self.applied.clear();
+        self.known_chains.clear();
+        self.discover = true;
+        Ok(())
+    }
+}
+
+/// Split a rule spec into arguments the way iptables-restore does: on
+/// spaces, with double quotes grouping (our comments are the only quoted part).
+pub fn shell_words(spec: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut has = false;
+    for ch in spec.chars() {
+        match ch {
+            '"' => {
+                quoted = !quoted;
+                has = true;
+            }
+            ' ' if !quoted => {
+                if has {
+                    words.push(std::mem::take(&mut cur));
+                    has = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                has = true;
+            }
+        }
+    }
+    if has {
+        words.push(cur);
+    }
+    words
+}
+
+impl Dataplane for IptablesDataplane {
+    fn name(&self) -> &'static str {
+        "iptables"
+    }
+
+    fn sync(&mut self, table: &BackendTable, scope: &SyncScope) -> Result<SyncStats, DataplaneError> {
+        let start = Instant::now();
+        let mut stats = SyncStats::default();
+        if scope.is_full() {
+            self.refresh_node_port_addresses()?;
+        }
+        for fam in &mut self.families {
+            match scope {
+                SyncScope::Full => fam.full_sync(self.exec.as_mut(), table, &mut stats)?,
+                SyncScope::Partial(changes) => {
+                    let keys: Vec<&ServicePortKey> = changes.iter().collect();
+                    fam.partial_sync(self.exec.as_mut(), table, &keys, &mut stats)?;
+                }
+            }
+        }
+        stats.duration = start.elapsed();
+        Ok(stats)
+    }
+
+    fn cleanup(&mut self) -> Result<(), DataplaneError> {
+        for fam in &mut self.families {
+            fam.cleanup(self.exec.as_mut())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

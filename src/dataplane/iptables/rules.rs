@@ -1,0 +1,632 @@
+//! The rules of one service port in one family, rendered as
+//! `iptables-restore` lines. Pure: the same plan always renders the same
+//! lines, which is what lets the backend diff what it applied against what
+//! it wants and write only the difference.
+//!
+//! Layout (after kube-proxy's, with our own `SP-` prefix so nothing foreign
+//! is touched):
+//!
+//! ```text
+//! nat  PREROUTING, OUTPUT -> SP-SERVICES       one dispatch rule per frontend address
+//!                         -> SP-NODEPORT-ADDRS  -d <node address> -> SP-NODEPORTS (one rule per node port)
+//!      POSTROUTING        -> SP-POSTROUTING     MASQUERADE what SP-MARK-MASQ marked
+//!      SP-SVC-<h>  cluster endpoints   SP-SVL-<h> local endpoints
+//!      SP-EXT-<h>  external policy      SP-FW-<h>  load-balancer source ranges
+//!      SP-SEP-<h>  one endpoint: hairpin masquerade + DNAT
+//! filter INPUT, FORWARD, OUTPUT -> SP-SERVICES (cluster IPs: REJECT/DROP)
+//!        INPUT, FORWARD         -> SP-EXTERNAL-SERVICES (external frontends: REJECT/DROP)
+//!        INPUT, FORWARD, OUTPUT -> SP-FIREWALL (source-range drops)
+//!        FORWARD                -> SP-FORWARD (accept marked / established traffic)
+//! ```
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+use crate::model::{IpFamily, Protocol, ServicePortKey};
+use crate::policy::PortPlan;
+
+/// Prefix of every chain we create.
+pub const PREFIX: &str = "SP-";
+/// Dispatch chain of the nat table (and the filter chain for cluster IPs).
+pub const SERVICES: &str = "SP-SERVICES";
+/// Node-port dispatch chain.
+pub const NODEPORTS: &str = "SP-NODEPORTS";
+/// Per-address jumps into [`NODEPORTS`].
+pub const NODEPORT_ADDRS: &str = "SP-NODEPORT-ADDRS";
+/// Marks a packet for masquerading.
+pub const MARK_MASQ: &str = "SP-MARK-MASQ";
+/// Masquerades marked packets.
+pub const POSTROUTING: &str = "SP-POSTROUTING";
+/// filter: external frontends with nothing to serve them.
+pub const EXTERNAL_SERVICES: &str = "SP-EXTERNAL-SERVICES";
+/// filter: load-balancer source ranges.
+pub const FIREWALL: &str = "SP-FIREWALL";
+/// filter: forwarding of service traffic.
+pub const FORWARD: &str = "SP-FORWARD";
+/// The masquerade mark bit (kube-proxy's default, bit 14).
+pub const MASQ_MARK: &str = "0x4000/0x4000";
+
+/// The two tables we write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// `nat`.
+    Nat,
+    /// `filter`.
+    Filter,
+}
+
+impl Table {
+    /// Its name in `iptables-restore` input.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Nat => "nat",
+            Table::Filter => "filter",
+        }
+    }
+}
+
+/// A rule in one of the shared dispatch chains, owned by one service port:
+/// added and deleted one by one, never by rewriting the chain.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DispatchRule {
+    /// Table.
+    pub table: Table,
+    /// Chain (one of the shared ones).
+    pub chain: &'static str,
+    /// The rule spec after `-A CHAIN `.
+    pub spec: String,
+}
+
+/// A chain owned by one service port and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnChain {
+    /// Chain name (`SP-SVC-...`).
+    pub name: String,
+    /// Rule specs, in order (after `-A NAME `).
+    pub rules: Vec<String>,
+}
+
+/// Everything one service port programs in one family.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortRules {
+    /// Rules in shared chains.
+    pub dispatch: Vec<DispatchRule>,
+    /// Own nat chains.
+    pub chains: Vec<OwnChain>,
+}
+
+/// What shapes the rules beyond the plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleConfig {
+    /// `--cluster-cidr` of this family (pods): traffic from elsewhere to a
+    /// cluster IP is masqueraded, and pod traffic to external frontends
+    /// short-circuits to the cluster-wide endpoints.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// `--masquerade-all`.
+    pub masquerade_all: bool,
+    /// Node addresses of this family that serve node ports (never loopback).
+    pub node_port_addresses: Vec<IpAddr>,
+}
+
+/// A short, stable, chain-name-safe hash (iptables chain names are at most
+/// 28 characters, so names cannot carry the service name itself).
+pub fn short_hash(input: &str) -> String {
+    // FNV-1a, 64 bit, printed as 13 base-32 characters.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in input.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    (0..13)
+        .map(|i| ALPHABET[((h >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+fn chain(kind: &str, key: &ServicePortKey, family: IpFamily) -> String {
+    // The family is part of the hash so IPv4 and IPv6 chain names never meet
+    // in messages or in a shared save file.
+    format!("{PREFIX}{kind}-{}", short_hash(&format!("{key}/{family}")))
+}
+
+/// Name of an endpoint chain.
+pub fn endpoint_chain(key: &ServicePortKey, family: IpFamily, endpoint: &SocketAddr) -> String {
+    format!("{PREFIX}SEP-{}", short_hash(&format!("{key}/{family}/{endpoint}")))
+}
+
+fn proto_match(p: Protocol) -> String {
+    let p = p.lower();
+    format!("-p {p} -m {p}")
+}
+
+fn comment(text: &str) -> String {
+    // Comments are for humans reading iptables-save; keep them free of quotes.
+    format!("-m comment --comment \"{}\"", text.replace('"', ""))
+}
+
+fn host(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
+    }
+}
+
+/// Render the rules of one service port in one family.
+pub fn render(plan: &PortPlan, family: IpFamily, cfg: &RuleConfig) -> PortRules {
+    let info = &plan.info;
+    let mut out = PortRules::default();
+    let Some(cluster_ip) = info.family(family).cluster_ip else {
+        return out;
+    };
+    let fam = plan.family(family);
+    let key = &info.key;
+    let name = key.to_string();
+    let proto = proto_match(info.key.protocol);
+    let svc = chain("SVC", key, family);
+    let svl = chain("SVL", key, family);
+    let ext = chain("EXT", key, family);
+    let fw = chain("FW", key, family);
+    let internal = fam.internal(info);
+    let external = fam.external(info);
+    let uses_cluster = info.uses_cluster_endpoints() && !fam.cluster.is_empty();
+    let uses_local = info.uses_local_endpoints() && !fam.local.is_empty();
+    let internal_chain = if info.internal_policy_local { &svl } else { &svc };
+    let fe = info.family(family);
+
+    // --- Cluster IP ---
+    let cip_match = format!("-d {} {proto} --dport {}", host(&cluster_ip), info.port);
+    if !internal.is_empty() {
+        out.dispatch.push(nat(
+            SERVICES,
+            format!(
+                "{} {cip_match} -j {internal_chain}",
+                comment(&format!("{name} cluster IP"))
+            ),
+        ));
+    } else {
+        let (target, why) = if fam.has_any {
+            ("DROP", "has no local endpoints")
+        } else {
+            (reject(family), "has no endpoints")
+        };
+        out.dispatch.push(filter(
+            SERVICES,
+            format!("{} {cip_match} -j {target}", comment(&format!("{name} {why}"))),
+        ));
+    }
+
+    // --- External frontends ---
+    let mut external_targets: Vec<(String, bool)> = Vec::new(); // (match, is_lb)
+    for ip in &fe.external_ips {
+        external_targets.push((format!("-d {} {proto} --dport {}", host(ip), info.port), false));
+    }
+    for ip in &fe.load_balancer_ips {
+        external_targets.push((format!("-d {} {proto} --dport {}", host(ip), info.port), true));
+    }
+    let externally = info.externally_accessible();
+    let has_ranges = !fe.source_ranges.is_empty();
+    for (m, is_lb) in &external_targets {
+        let what = if *is_lb { "loadbalancer IP" } else { "external IP" };
+        if !fam.has_any {
+            out.dispatch.push(filter(
+                EXTERNAL_SERVICES,
+                format!(
+                    "{} {m} -j {}",
+                    comment(&format!("{name} has no endpoints")),
+                    reject(family)
+                ),
+            ));
+            continue;
+        }
+        let target = if *is_lb && has_ranges { &fw } else { &ext };
+        out.dispatch.push(nat(
+            SERVICES,
+            format!("{} {m} -j {target}", comment(&format!("{name} {what}"))),
+        ));
+        if external.is_empty() {
+            out.dispatch.push(filter(
+                EXTERNAL_SERVICES,
+                format!("{} {m} -j DROP", comment(&format!("{name} has no local endpoints"))),
+            ));
+        }
+        if *is_lb && has_ranges {
+            // What the FW chain did not DNAT (a source outside the ranges)
+            // still has the load-balancer IP as destination: drop it here.
+            out.dispatch.push(filter(
+                FIREWALL,
+                format!(
+                    "{} {m} -j DROP",
+                    comment(&format!("{name} traffic not accepted by {fw}"))
+                ),
+            ));
+        }
+    }
+    if let Some(np) = info.node_port {
+        let m = format!("{proto} --dport {np}");
+        if !fam.has_any {
+            for addr in &cfg.node_port_addresses {
+                out.dispatch.push(filter(
+                    EXTERNAL_SERVICES,
+                    format!(
+                        "{} -d {} {m} -j {}",
+                        comment(&format!("{name} has no endpoints")),
+                        host(addr),
+                        reject(family)
+                    ),
+                ));
+            }
+        } else {
+            out.dispatch
+                .push(nat(NODEPORTS, format!("{} {m} -j {ext}", comment(&name))));
+            if external.is_empty() {
+                for addr in &cfg.node_port_addresses {
+                    out.dispatch.push(filter(
+                        EXTERNAL_SERVICES,
+                        format!(
+                            "{} -d {} {m} -j DROP",
+                            comment(&format!("{name} has no local endpoints")),
+                            host(addr)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    // --- Own chains ---
+    let masq_cluster_ip = if cfg.masquerade_all {
+        Some(format!(
+            "{} {cip_match} -j {MARK_MASQ}",
+            comment(&format!("{name} cluster IP"))
+        ))
+    } else if let Some(cidr) = cfg.cluster_cidrs.first() {
+        // Off-cluster sources to a cluster IP are SNATed so that replies come
+        // back through this node (a static route to the service range may
+        // point at any node).
+        Some(format!(
+            "{} {cip_match} ! -s {cidr} -j {MARK_MASQ}",
+            comment(&format!("{name} cluster IP"))
+        ))
+    } else {
+        None
+    };
+    if uses_cluster {
+        let mut rules = Vec::new();
+        if !info.internal_policy_local {
+            rules.extend(masq_cluster_ip.clone());
+        }
+        rules.extend(balance(key, family, &fam.cluster, info.affinity_timeout_secs, &name));
+        out.chains.push(OwnChain {
+            name: svc.clone(),
+            rules,
+        });
+    }
+    if uses_local {
+        let mut rules = Vec::new();
+        if info.internal_policy_local {
+            rules.extend(masq_cluster_ip.clone());
+        }
+        rules.extend(balance(key, family, &fam.local, info.affinity_timeout_secs, &name));
+        out.chains.push(OwnChain {
+            name: svl.clone(),
+            rules,
+        });
+    }
+    if externally && fam.has_any {
+        let mut rules = Vec::new();
+        if !info.external_local() {
+            rules.push(format!(
+                "{} -j {MARK_MASQ}",
+                comment(&format!("masquerade traffic for {name} external destinations"))
+            ));
+            if uses_cluster {
+                rules.push(format!("-j {svc}"));
+            }
+        } else {
+            if uses_cluster {
+                if let Some(cidr) = cfg.cluster_cidrs.first() {
+                    rules.push(format!(
+                        "{} -s {cidr} -j {svc}",
+                        comment(&format!("pod traffic for {name} external destinations"))
+                    ));
+                }
+            }
+            rules.push(format!(
+                "{} -m addrtype --src-type LOCAL -j {MARK_MASQ}",
+                comment(&format!("masquerade LOCAL traffic for {name} external destinations"))
+            ));
+            let local_target = if uses_cluster { &svc } else { &svl };
+            if uses_cluster || uses_local {
+                rules.push(format!(
+                    "{} -m addrtype --src-type LOCAL -j {local_target}",
+                    comment(&format!("route LOCAL traffic for {name} external destinations"))
+                ));
+            }
+            if uses_local {
+                rules.push(format!("-j {svl}"));
+            }
+        }
+        out.chains.push(OwnChain {
+            name: ext.clone(),
+            rules,
+        });
+        if has_ranges && !fe.load_balancer_ips.is_empty() {
+            let mut rules: Vec<String> = fe
+                .source_ranges
+                .iter()
+                .map(|r| format!("{} -s {r} -j {ext}", comment(&format!("{name} loadbalancer IP"))))
+                .collect();
+            // Traffic from the node itself to its own LB IP (hairpin through
+            // the load balancer) keeps working when a range covers the node.
+            let node_allowed = cfg
+                .node_port_addresses
+                .iter()
+                .any(|a| fe.source_ranges.iter().any(|r| r.contains(a)));
+            if node_allowed {
+                for ip in &fe.load_balancer_ips {
+                    rules.push(format!(
+                        "{} -s {} -j {ext}",
+                        comment(&format!("{name} loadbalancer IP")),
+                        host(ip)
+                    ));
+                }
+            }
+            out.chains.push(OwnChain { name: fw, rules });
+        }
+    }
+    // Endpoint chains, once per endpoint used by either set.
+    let mut endpoints: Vec<SocketAddr> = fam
+        .cluster
+        .iter()
+        .filter(|_| uses_cluster)
+        .chain(fam.local.iter().filter(|_| uses_local))
+        .copied()
+        .collect();
+    endpoints.sort();
+    endpoints.dedup();
+    for ep in endpoints {
+        let sep = endpoint_chain(key, family, &ep);
+        let mut rules = vec![format!("{} -s {} -j {MARK_MASQ}", comment(&name), host(&ep.ip()))];
+        if let Some(t) = info.affinity_timeout_secs {
+            let _ = t;
+            rules.push(format!(
+                "{} -m recent --name {sep} --set {proto} -j DNAT --to-destination {ep}",
+                comment(&name)
+            ));
+        } else {
+            rules.push(format!("{} {proto} -j DNAT --to-destination {ep}", comment(&name)));
+        }
+        out.chains.push(OwnChain { name: sep, rules });
+    }
+    out.dispatch.sort();
+    out.dispatch.dedup();
+    out
+}
+
+/// Spread new connections evenly: rule i of n matches with probability
+/// 1/(n-i), so each endpoint gets 1/n overall. With ClientIP affinity, a
+/// client seen within the timeout goes back to its endpoint first.
+fn balance(
+    key: &ServicePortKey,
+    family: IpFamily,
+    endpoints: &[SocketAddr],
+    affinity: Option<u32>,
+    name: &str,
+) -> Vec<String> {
+    let mut rules = Vec::with_capacity(endpoints.len() * 2);
+    if let Some(timeout) = affinity {
+        for ep in endpoints {
+            let sep = endpoint_chain(key, family, ep);
+            rules.push(format!(
+                "{} -m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}",
+                comment(&format!("{name} -> {ep}"))
+            ));
+        }
+    }
+    let n = endpoints.len();
+    for (i, ep) in endpoints.iter().enumerate() {
+        let sep = endpoint_chain(key, family, ep);
+        let mut rule = comment(&format!("{name} -> {ep}"));
+        if i + 1 < n {
+            let _ = write!(
+                rule,
+                " -m statistic --mode random --probability {:.10}",
+                1.0 / (n - i) as f64
+            );
+        }
+        let _ = write!(rule, " -j {sep}");
+        rules.push(rule);
+    }
+    rules
+}
+
+fn reject(family: IpFamily) -> &'static str {
+    // Refuse at once rather than let clients time out: TCP gets a reset via
+    // ICMP port-unreachable handling in the stack; UDP clients see ECONNREFUSED.
+    match family {
+        IpFamily::V4 => "REJECT --reject-with icmp-port-unreachable",
+        IpFamily::V6 => "REJECT --reject-with icmp6-port-unreachable",
+    }
+}
+
+fn nat(chain: &'static str, spec: String) -> DispatchRule {
+    DispatchRule {
+        table: Table::Nat,
+        chain,
+        spec,
+    }
+}
+
+fn filter(chain: &'static str, spec: String) -> DispatchRule {
+    DispatchRule {
+        table: Table::Filter,
+        chain,
+        spec,
+    }
+}
+
+/// The static chains of each table and their bodies (rewritten on every
+/// full sync), and the jumps from the built-in chains into them.
+pub fn static_chains(table: Table, cfg: &RuleConfig) -> Vec<OwnChain> {
+    match table {
+        Table::Nat => vec![
+            OwnChain {
+                name: SERVICES.into(),
+                rules: Vec::new(),
+            },
+            OwnChain {
+                name: NODEPORTS.into(),
+                rules: Vec::new(),
+            },
+            OwnChain {
+                name: NODEPORT_ADDRS.into(),
+                rules: cfg
+                    .node_port_addresses
+                    .iter()
+                    .map(|a| format!("{} -d {} -j {NODEPORTS}", comment("sliceproxy node ports"), host(a)))
+                    .collect(),
+            },
+            OwnChain {
+                name: MARK_MASQ.into(),
+                rules: vec![format!(
+                    "-j MARK --or-mark {}",
+                    MASQ_MARK.split('/').next().unwrap_or("0x4000")
+                )],
+            },
+            OwnChain {
+                name: POSTROUTING.into(),
+                rules: vec![
+                    format!("-m mark ! --mark {MASQ_MARK} -j RETURN"),
+                    // Clear the mark so a packet re-entering the stack is not
+                    // masqueraded twice.
+                    "-j MARK --xor-mark 0x4000".into(),
+                    format!(
+                        "{} -j MASQUERADE --random-fully",
+                        comment("sliceproxy service traffic requiring SNAT")
+                    ),
+                ],
+            },
+        ],
+        Table::Filter => vec![
+            OwnChain {
+                name: SERVICES.into(),
+                rules: Vec::new(),
+            },
+            OwnChain {
+                name: EXTERNAL_SERVICES.into(),
+                rules: Vec::new(),
+            },
+            OwnChain {
+                name: FIREWALL.into(),
+                rules: Vec::new(),
+            },
+            OwnChain {
+                name: FORWARD.into(),
+                rules: vec![
+                    "-m conntrack --ctstate INVALID -j DROP".into(),
+                    format!(
+                        "{} -m mark --mark {MASQ_MARK} -j ACCEPT",
+                        comment("sliceproxy forwarding rules")
+                    ),
+                    format!(
+                        "{} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                        comment("sliceproxy forwarding conntrack rule")
+                    ),
+                ],
+            },
+        ],
+    }
+}
+
+/// A jump from a built-in chain into one of ours. Kept in the built-in
+/// chain with `-I` (first position) and checked with `-C` on full syncs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jump {
+    /// Table.
+    pub table: Table,
+    /// Built-in chain.
+    pub from: &'static str,
+    /// Rule spec.
+    pub spec: String,
+}
+
+/// Every jump from a built-in chain, in the order they should end up.
+pub fn jumps() -> Vec<Jump> {
+    let j = |table, from, extra: &str, to: &str, what: &str| Jump {
+        table,
+        from,
+        spec: format!("{} {extra}-j {to}", comment(what)).replace("  ", " "),
+    };
+    vec![
+        j(Table::Nat, "PREROUTING", "", SERVICES, "sliceproxy service portals"),
+        j(Table::Nat, "OUTPUT", "", SERVICES, "sliceproxy service portals"),
+        j(Table::Nat, "PREROUTING", "", NODEPORT_ADDRS, "sliceproxy node ports"),
+        j(Table::Nat, "OUTPUT", "", NODEPORT_ADDRS, "sliceproxy node ports"),
+        j(
+            Table::Nat,
+            "POSTROUTING",
+            "",
+            POSTROUTING,
+            "sliceproxy postrouting rules",
+        ),
+        j(
+            Table::Filter,
+            "INPUT",
+            "-m conntrack --ctstate NEW ",
+            SERVICES,
+            "sliceproxy service portals",
+        ),
+        j(
+            Table::Filter,
+            "FORWARD",
+            "-m conntrack --ctstate NEW ",
+            SERVICES,
+            "sliceproxy service portals",
+        ),
+        j(
+            Table::Filter,
+            "OUTPUT",
+            "-m conntrack --ctstate NEW ",
+            SERVICES,
+            "sliceproxy service portals",
+        ),
+        j(
+            Table::Filter,
+            "INPUT",
+            "-m conntrack --ctstate NEW ",
+            EXTERNAL_SERVICES,
+            "sliceproxy external services",
+        ),
+        j(
+            Table::Filter,
+            "FORWARD",
+            "-m conntrack --ctstate NEW ",
+            EXTERNAL_SERVICES,
+            "sliceproxy external services",
+        ),
+        j(
+            Table::Filter,
+            "INPUT",
+            "-m conntrack --ctstate NEW ",
+            FIREWALL,
+            "sliceproxy load balancer firewall",
+        ),
+        j(
+            Table::Filter,
+            "FORWARD",
+            "-m conntrack --ctstate NEW ",
+            FIREWALL,
+            "sliceproxy load balancer firewall",
+        ),
+        j(
+            Table::Filter,
+            "OUTPUT",
+            "-m conntrack --ctstate NEW ",
+            FIREWALL,
+            "sliceproxy load balancer firewall",
+        ),
+        j(Table::Filter, "FORWARD", "", FORWARD, "sliceproxy forwarding rules"),
+    ]
+}
