@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sliceproxy::config::{Config, ProxyFlags, ProxyMode};
 use sliceproxy::dataplane::Dataplane;
 use sliceproxy::dataplane::addresses;
+use sliceproxy::dataplane::conntrack::NetlinkConntrack;
 use sliceproxy::dataplane::exec::{Exec, HostExec};
 use sliceproxy::dataplane::iptables::{self, IptablesConfig, IptablesDataplane, rules::RuleConfig};
 use sliceproxy::model::IpFamily;
@@ -278,7 +279,14 @@ async fn run_agent(config: Config, dataplane: Box<dyn Dataplane>) -> Result<(), 
         min_sync_period: config.min_sync_period,
         sync_period: config.sync_period,
     };
-    let agent = Agent::new(Tracker::new(NodeContext::new(&config.hostname)), dataplane, settings);
+    let mut agent = Agent::new(Tracker::new(NodeContext::new(&config.hostname)), dataplane, settings);
+    // Stale UDP flows are cleared in the agent's own network namespace; node
+    // ports match on the node's addresses as they were at start.
+    let local: Vec<IpAddr> = addresses::local_addresses(&mut HostExec::new()).unwrap_or_default();
+    match NetlinkConntrack::open(Box::new(move |ip: &IpAddr| local.contains(ip))) {
+        Ok(ct) => agent = agent.with_flow_cleaner(Box::new(ct)),
+        Err(e) => tracing::warn!(error = %e, "conntrack is not available; stale UDP flows will only expire"),
+    }
     agent.run(events, shutdown_signal()).await;
     tracing::info!("stopping; rules stay in place (use --cleanup to remove them)");
     Ok(())

@@ -5,6 +5,7 @@
 //! records what it was asked to program, for tests and dry runs.
 
 pub mod addresses;
+pub mod conntrack;
 pub mod exec;
 pub mod iptables;
 pub mod memory;

@@ -11,7 +11,12 @@ use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use std::collections::{BTreeSet, HashMap};
+
+use crate::dataplane::conntrack::{FlowCleaner, StaleFlow, stale_udp_flows};
 use crate::dataplane::{Dataplane, SyncScope, SyncStats};
+use crate::model::{Protocol, ServicePortKey};
+use crate::policy::PortPlan;
 use crate::track::{ChangeSet, Tracker};
 use crate::watch::{Event, Update};
 
@@ -58,6 +63,10 @@ pub struct SyncCounters {
     pub invalid_objects: u64,
     /// Service ports changed by events (summed over ChangeSets).
     pub service_port_changes: u64,
+    /// Stale UDP conntrack entries deleted.
+    pub conntrack_deleted: u64,
+    /// Failed conntrack cleanups.
+    pub conntrack_errors: u64,
 }
 
 /// What the agent publishes after every step, for health checks and tests.
@@ -107,6 +116,9 @@ pub struct Agent<D: Dataplane> {
     failures: u32,
     status: AgentStatus,
     status_tx: watch::Sender<AgentStatus>,
+    cleaner: Option<Box<dyn FlowCleaner>>,
+    /// The UDP plans as last programmed, to tell which flows went stale.
+    udp_plans: HashMap<ServicePortKey, PortPlan>,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -126,6 +138,70 @@ impl<D: Dataplane> Agent<D> {
             failures: 0,
             status: AgentStatus::default(),
             status_tx,
+            cleaner: None,
+            udp_plans: HashMap::new(),
+        }
+    }
+
+    /// Delete stale UDP conntrack entries after each sync with `cleaner`.
+    pub fn with_flow_cleaner(mut self, cleaner: Box<dyn FlowCleaner>) -> Self {
+        self.cleaner = Some(cleaner);
+        self
+    }
+
+    /// After a successful sync: which UDP flows did it leave stale?
+    fn stale_flows(&mut self, scope: &SyncScope) -> BTreeSet<StaleFlow> {
+        let table = self.tracker.table();
+        let keys: Vec<ServicePortKey> = match scope {
+            SyncScope::Full => {
+                let mut keys: BTreeSet<ServicePortKey> = self.udp_plans.keys().cloned().collect();
+                keys.extend(
+                    table
+                        .plans()
+                        .filter(|(k, _)| k.protocol == Protocol::Udp)
+                        .map(|(k, _)| k.clone()),
+                );
+                keys.into_iter().collect()
+            }
+            SyncScope::Partial(changes) => changes
+                .iter()
+                .filter(|k| k.protocol == Protocol::Udp)
+                .cloned()
+                .collect(),
+        };
+        let mut stale = BTreeSet::new();
+        for key in keys {
+            let new = table.plan(&key);
+            stale.extend(stale_udp_flows(self.udp_plans.get(&key), new));
+            match new {
+                Some(p) => {
+                    self.udp_plans.insert(key, p.clone());
+                }
+                None => {
+                    self.udp_plans.remove(&key);
+                }
+            }
+        }
+        stale
+    }
+
+    fn clear_stale_flows(&mut self, scope: &SyncScope) {
+        let stale = self.stale_flows(scope);
+        let Some(cleaner) = self.cleaner.as_mut() else { return };
+        if stale.is_empty() {
+            return;
+        }
+        match run_blocking(|| cleaner.clear(&stale)) {
+            Ok(n) => {
+                tracing::debug!(flows = stale.len(), deleted = n, "cleared stale UDP conntrack entries");
+                self.status.counters.conntrack_deleted += n as u64;
+            }
+            Err(e) => {
+                // Stale entries expire by themselves; a failure here must not
+                // fail the sync that already programmed the rules.
+                tracing::warn!(error = %e, "could not clear stale UDP conntrack entries");
+                self.status.counters.conntrack_errors += 1;
+            }
         }
     }
 
@@ -251,6 +327,7 @@ impl<D: Dataplane> Agent<D> {
                 self.status.last_sync = Some(now);
                 self.status.pending_since = None;
                 self.status.last_stats = Some(stats);
+                self.clear_stale_flows(&scope);
             }
             Err(e) => {
                 self.failures += 1;

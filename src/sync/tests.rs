@@ -7,6 +7,7 @@ use futures::channel::mpsc;
 use serde_json::json;
 
 use super::*;
+use crate::dataplane::conntrack::{FlowCleaner, StaleFlow};
 use crate::dataplane::memory::{MemoryDataplane, MemoryHandle, SyncRecord};
 use crate::model::{NodeInfo, ServicePortKey};
 use crate::policy::NodeContext;
@@ -269,4 +270,90 @@ async fn relist_after_a_gap_deletes_what_vanished_in_one_sync() {
     );
     let agent = h.stop().await;
     assert_eq!(agent.status.counters.watch_errors, 1);
+}
+
+#[derive(Clone, Default)]
+struct RecordingCleaner(std::sync::Arc<std::sync::Mutex<Vec<std::collections::BTreeSet<StaleFlow>>>>);
+
+impl FlowCleaner for RecordingCleaner {
+    fn clear(
+        &mut self,
+        flows: &std::collections::BTreeSet<StaleFlow>,
+    ) -> Result<usize, crate::dataplane::conntrack::ConntrackError> {
+        self.0.lock().unwrap().push(flows.clone());
+        Ok(flows.len())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_udp_flows_are_cleared_after_the_sync_that_removed_them() {
+    let dataplane = MemoryDataplane::new();
+    let cleaner = RecordingCleaner::default();
+    let mut agent = Agent::new(
+        Tracker::new(NodeContext::new("node-a")),
+        dataplane,
+        SyncSettings::default(),
+    )
+    .with_flow_cleaner(Box::new(cleaner.clone()));
+    let dns = service(
+        "ns",
+        "dns",
+        json!({"clusterIP": "10.96.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}),
+    );
+    let dns_eps = |ips: &[&str]| {
+        let e: Vec<_> = ips.iter().map(|ip| ep(ip, "node-b")).collect();
+        slice(
+            "ns",
+            "dns-1",
+            "dns",
+            "IPv4",
+            json!([port("dns", 5353, "UDP")]),
+            json!(e),
+        )
+    };
+    let now = Instant::now();
+    agent.handle(
+        Event::Service(Update::Reset {
+            objects: vec![dns],
+            keep: vec![],
+        }),
+        now,
+    );
+    agent.handle(
+        Event::Slice(Update::Reset {
+            objects: vec![],
+            keep: vec![],
+        }),
+        now,
+    );
+    agent.handle(
+        Event::Node(Update::Reset {
+            objects: vec![],
+            keep: vec![],
+        }),
+        now,
+    );
+    agent.sync_now(now);
+    assert!(cleaner.0.lock().unwrap().is_empty(), "no endpoints yet: nothing stale");
+    agent.handle(Event::Slice(Update::Apply(dns_eps(&["10.244.1.1", "10.244.1.2"]))), now);
+    agent.sync_now(now);
+    agent.handle(Event::Slice(Update::Apply(dns_eps(&["10.244.1.2"]))), now);
+    agent.sync_now(now);
+    let calls = cleaner.0.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![
+            [StaleFlow::ToFrontend(
+                crate::model::Protocol::Udp,
+                "10.96.0.10:53".parse().unwrap()
+            )]
+            .into(),
+            [StaleFlow::ToEndpoint(
+                crate::model::Protocol::Udp,
+                "10.244.1.1:5353".parse().unwrap()
+            )]
+            .into(),
+        ]
+    );
+    assert_eq!(agent.status.counters.conntrack_deleted, 2);
 }
