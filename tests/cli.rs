@@ -237,3 +237,30 @@ fn version_prints() {
     assert!(out.status.success());
     assert!(stdout(&out).starts_with("sliceproxy "));
 }
+
+#[test]
+fn render_iptables_rules_match_golden_for_both_families() {
+    for (family, golden_file) in [
+        ("ipv4", "iptables-node-a-ipv4.txt"),
+        ("ipv6", "iptables-node-a-ipv6.txt"),
+    ] {
+        let mut args = EXAMPLE.to_vec();
+        args.extend(["--proxy-mode", "iptables", "--ip-family", family]);
+        let out = sliceproxy(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            text.starts_with("*nat\n") && text.trim_end().ends_with("COMMIT"),
+            "restore input:\n{text}"
+        );
+        golden(golden_file, &text);
+    }
+}
+
+#[test]
+fn render_rules_of_a_mode_without_a_backend_exits_2() {
+    let mut args = EXAMPLE.to_vec();
+    args.extend(["--proxy-mode", "ipvs"]);
+    let out = sliceproxy(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -8,6 +8,7 @@ pub mod addresses;
 pub mod conntrack;
 pub mod exec;
 pub mod iptables;
+pub mod ipvs;
 pub mod memory;
 
 use std::time::Duration;

@@ -7,4 +7,6 @@
 
 pub mod agent;
 pub mod controlplane;
+pub mod netns;
 pub mod proxy;
+pub mod vm;
