@@ -55,12 +55,10 @@ fn cluster(n: usize) -> Tracker {
     let mut t = Tracker::new(NodeContext::new("node-a"));
     for i in 0..n {
         let name = format!("s{i}");
-        svc(&mut t, &name, &format!("10.96.0.{}", i + 1), json!({}));
-        eps(
-            &mut t,
-            &name,
-            &[&format!("10.244.1.{}", i + 1), &format!("10.244.2.{}", i + 1)],
-        );
+        let (a, b) = (i / 250, i % 250 + 1);
+        let net = if a == 0 { 244 } else { a };
+        svc(&mut t, &name, &format!("10.96.{a}.{b}"), json!({}));
+        eps(&mut t, &name, &[&format!("10.{net}.1.{b}"), &format!("10.{net}.2.{b}")]);
     }
     t
 }
@@ -421,4 +419,49 @@ proptest! {
         }
         assert_same_rules(fake.tables(), fresh_full(&t));
     }
+}
+
+#[test]
+fn large_full_syncs_load_in_chunks_with_the_same_result() {
+    let t = cluster(2_500);
+    let (mut b, fake) = backend();
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    let restores = fake.restores();
+    assert_eq!(
+        restores.len(),
+        4,
+        "2,500 service ports: 3 chunks of own chains, then the dispatch chains"
+    );
+    assert!(
+        restores[..3].iter().all(|r| !r.contains("SP-SERVICES")),
+        "chunks never touch the dispatch chains"
+    );
+    assert_same_rules(fake.tables(), fake_full_single(&t));
+    // A warm full sync (with drift) converges to the same rules.
+    fake.state()
+        .tables
+        .get_mut("nat")
+        .unwrap()
+        .get_mut("SP-SERVICES")
+        .unwrap()
+        .rules
+        .truncate(10);
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    assert_same_rules(fake.tables(), fake_full_single(&t));
+}
+
+/// One unchunked full restore of `t` into an empty fake.
+fn fake_full_single(t: &Tracker) -> fake::Tables {
+    let mut fake = FakeIptables::new();
+    let cfg = cfg();
+    let input = IptablesDataplane::render_full(t.table(), IpFamily::V4, &cfg.rules[0]);
+    assert!(
+        fake.run("iptables-restore", &["--noflush"], input.as_bytes())
+            .unwrap()
+            .success
+    );
+    let mut b = IptablesDataplane::new(Box::new(fake.clone()), cfg);
+    // Jumps come from the backend's own full sync (idempotent on top).
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    fake.tables()
 }
