@@ -50,7 +50,7 @@ const EXAMPLE: &[&str] = &[
     "--hostname-override",
     "node-a",
     "--cluster-cidr",
-    "10.244.0.0/16,fd00:244::/48",
+    "10.244.0.0/16,fd00:244::/32",
 ];
 
 #[test]

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod agent_process;
 pub mod controlplane;
 pub mod netns;
 pub mod proxy;

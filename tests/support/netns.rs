@@ -391,6 +391,26 @@ impl Cluster {
         })
     }
 
+    /// A UDP socket created in `from_ns` and connected to `target`: every
+    /// datagram it sends shares one source port, so conntrack sees one flow
+    /// (what a long-lived UDP client such as a DNS resolver looks like).
+    pub fn udp_flow(&self, from_ns: &str, target: SocketAddr) -> UdpFlow {
+        let path = self.netns_path(from_ns);
+        let socket = in_netns(&path, || -> io::Result<UdpSocket> {
+            let bind: SocketAddr = if target.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let s = UdpSocket::bind(bind)?;
+            s.connect(target)?;
+            Ok(s)
+        })
+        .and_then(|r| r)
+        .unwrap_or_else(|e| panic!("udp socket in {from_ns}: {e}"));
+        UdpFlow { socket }
+    }
+
     fn pod(&self, name: &str) -> &Pod {
         let logical = self.logical(name);
         self.pods
@@ -678,6 +698,28 @@ impl Drop for Cluster {
         for (_, real) in self.names.iter().rev() {
             delete_netns(real);
         }
+    }
+}
+
+/// A connected UDP socket in a test namespace; see [`Cluster::udp_flow`].
+pub struct UdpFlow {
+    socket: UdpSocket,
+}
+
+impl UdpFlow {
+    /// Send one datagram and wait up to `timeout` for the answer (the
+    /// echo server's `"<name> <client>"`).
+    pub fn ask(&self, timeout: Duration) -> io::Result<String> {
+        self.socket.set_read_timeout(Some(timeout))?;
+        self.socket.send(b"ping\n")?;
+        let mut buf = [0u8; 512];
+        let n = self.socket.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    }
+
+    /// The local (source) address of the flow.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
     }
 }
 

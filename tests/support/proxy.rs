@@ -18,7 +18,29 @@ pub struct GatedProxy {
 impl GatedProxy {
     /// Listen on a free loopback port and forward to `upstream`.
     pub fn start(upstream: SocketAddr) -> GatedProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        GatedProxy::serve(TcpListener::bind("127.0.0.1:0").expect("bind proxy"), upstream)
+    }
+
+    /// Listen on a loopback port *inside* the network namespace at
+    /// `netns` and forward to `upstream` on the host's loopback. An agent
+    /// running in a test namespace reaches the API server through it: its
+    /// 127.0.0.1 is not the host's, and no route from the namespace to the
+    /// host is ever added. Only the listening socket lives in the namespace.
+    pub fn start_in_netns(netns: &std::path::Path, upstream: SocketAddr) -> GatedProxy {
+        let path = netns.to_path_buf();
+        let listener = thread::spawn(move || -> io::Result<TcpListener> {
+            let f = std::fs::File::open(&path)?;
+            nix::sched::setns(std::os::fd::AsFd::as_fd(&f), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(io::Error::from)?;
+            TcpListener::bind("127.0.0.1:0")
+        })
+        .join()
+        .expect("listener thread")
+        .expect("bind proxy inside the namespace");
+        GatedProxy::serve(listener, upstream)
+    }
+
+    fn serve(listener: TcpListener, upstream: SocketAddr) -> GatedProxy {
         let addr = listener.local_addr().expect("proxy address");
         let open = Arc::new(AtomicBool::new(true));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
