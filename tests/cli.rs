@@ -260,7 +260,7 @@ fn render_iptables_rules_match_golden_for_both_families() {
 #[test]
 fn render_rules_of_a_mode_without_a_backend_exits_2() {
     let mut args = EXAMPLE.to_vec();
-    args.extend(["--proxy-mode", "ipvs"]);
+    args.extend(["--proxy-mode", "nftables"]);
     let out = sliceproxy(&args);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }

@@ -63,6 +63,18 @@ impl Default for FakeIptables {
     }
 }
 
+/// Print a normalized rule the way the tools do: the comment quoted.
+fn quote_comment(rule: &str) -> String {
+    match rule.split_once("--comment ") {
+        Some((head, rest)) => {
+            // The comment runs up to the next option.
+            let end = rest.find(" -").unwrap_or(rest.len());
+            format!("{head}--comment \"{}\"{}", &rest[..end], &rest[end..])
+        }
+        None => rule.to_string(),
+    }
+}
+
 /// Normalize a rule spec for comparison.
 pub fn normalize(spec: &str) -> String {
     shell_words(spec).join(" ")
@@ -335,6 +347,16 @@ impl Exec for FakeIptables {
             rest.get(1).cloned().unwrap_or_default(),
         );
         let spec = rest.get(2..).map(|w| w.join(" ")).unwrap_or_default();
+        if op == "-S" {
+            let Some(c) = state.tables.get(&table).and_then(|t| t.get(&chain)) else {
+                return fail(format!("iptables: chain `{chain}' in table `{table}' does not exist"));
+            };
+            let mut out = format!("-P {chain} ACCEPT\n");
+            for r in &c.rules {
+                out.push_str(&format!("-A {chain} {}\n", quote_comment(r)));
+            }
+            return ok(out);
+        }
         let Some(chains) = state.tables.get_mut(&table) else {
             return fail(format!("table {table} does not exist"));
         };

@@ -101,6 +101,8 @@ struct FamilyState {
     known_chains: BTreeMap<Table, BTreeSet<String>>,
     /// Before the first full sync, look for chains a previous run left.
     discover: bool,
+    /// Service ports per transaction in a large full sync (see `full_sync`).
+    chunk: usize,
 }
 
 /// The iptables dataplane.
@@ -138,6 +140,7 @@ impl IptablesDataplane {
                 applied: HashMap::new(),
                 known_chains: BTreeMap::new(),
                 discover: true,
+                chunk: chunk_size(config.variant),
             })
             .collect();
         IptablesDataplane {
@@ -161,7 +164,7 @@ impl IptablesDataplane {
     /// The exact `iptables-restore` input a full sync writes for `family`.
     pub fn render_full(table: &BackendTable, family: IpFamily, cfg: &RuleConfig) -> String {
         let desired = desired(table, family, cfg);
-        full_restore(&desired, cfg, &BTreeMap::new())
+        full_restore(&desired, cfg, &BTreeMap::new(), &[])
     }
 }
 
@@ -187,6 +190,7 @@ fn full_restore(
     desired: &BTreeMap<ServicePortKey, PortRules>,
     cfg: &RuleConfig,
     stale: &BTreeMap<Table, BTreeSet<String>>,
+    missing_jumps: &[rules::Jump],
 ) -> String {
     let mut out = String::new();
     for table in [Table::Nat, Table::Filter] {
@@ -235,12 +239,70 @@ fn full_restore(
                 rule_line(&mut out, "-A", &c.name, r);
             }
         }
+        // Jumps from the built-in chains go in first position, inserted in
+        // reverse so they end up in the order `rules::jumps()` lists them.
+        for j in missing_jumps.iter().rev().filter(|j| j.table == table) {
+            rule_line(&mut out, "-I", j.from, &j.spec);
+        }
         for c in &stale {
             let _ = writeln!(out, "-X {c}");
         }
         let _ = writeln!(out, "COMMIT");
     }
     out
+}
+
+/// The jumps from built-in chains that are missing, judged from rules
+/// listed in `-S`/`iptables-save` form. A jump counts as present when a
+/// rule of that built-in chain jumps to our chain with our comment (the
+/// tools may print matches in another order than we wrote them).
+fn missing_jumps(listing: &str) -> Vec<rules::Jump> {
+    let mut table: Option<Table> = None;
+    let mut present: BTreeSet<(Table, String, String)> = BTreeSet::new();
+    for line in listing.lines() {
+        // `*nat` in a save; `# table nat` marks our own `-S` listings.
+        if let Some(t) = line.strip_prefix('*').or_else(|| line.strip_prefix("# table ")) {
+            table = match t.trim() {
+                "nat" => Some(Table::Nat),
+                "filter" => Some(Table::Filter),
+                _ => None,
+            };
+            continue;
+        }
+        let Some(table) = table else { continue };
+        let words = shell_words(line);
+        if words.first().map(String::as_str) != Some("-A") || words.len() < 2 {
+            continue;
+        }
+        let target = words
+            .windows(2)
+            .find(|w| w[0] == "-j")
+            .map(|w| w[1].clone())
+            .unwrap_or_default();
+        let comment = words
+            .windows(2)
+            .find(|w| w[0] == "--comment")
+            .map(|w| w[1].clone())
+            .unwrap_or_default();
+        present.insert((table, format!("{} {target}", words[1]), comment));
+    }
+    rules::jumps()
+        .into_iter()
+        .filter(|j| {
+            let words = shell_words(&j.spec);
+            let target = words
+                .windows(2)
+                .find(|w| w[0] == "-j")
+                .map(|w| w[1].clone())
+                .unwrap_or_default();
+            let comment = words
+                .windows(2)
+                .find(|w| w[0] == "--comment")
+                .map(|w| w[1].clone())
+                .unwrap_or_default();
+            !present.contains(&(j.table, format!("{} {target}", j.from), comment))
+        })
+        .collect()
 }
 
 /// Declare (create or flush) and fill the own chains of some service ports.
@@ -349,8 +411,20 @@ fn our_chains(save: &str) -> BTreeMap<Table, BTreeSet<String>> {
 
 const RESTORE_ARGS: &[&str] = &["-w", "5", "--noflush"];
 
-/// Service ports per transaction in a large full sync.
-const CHUNK: usize = 1000;
+/// Service ports per transaction in a large full sync, per variant.
+/// iptables-nft-restore (1.8.9) with --noflush takes time quadratic in the
+/// chains one transaction declares, so it gets small transactions;
+/// iptables-legacy replaces the whole table blob in the kernel at every
+/// COMMIT, so splitting would make it quadratic instead: one transaction.
+fn chunk_size(variant: Variant) -> usize {
+    match variant {
+        Variant::Nft => NFT_CHUNK,
+        Variant::Legacy => usize::MAX,
+    }
+}
+
+/// See [`chunk_size`]; tuned by `benches/iptables.rs`.
+pub const NFT_CHUNK: usize = 100;
 
 impl FamilyState {
     fn restore(&self, exec: &mut dyn Exec, input: &str) -> Result<(), DataplaneError> {
@@ -386,33 +460,31 @@ impl FamilyState {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Make sure each jump from a built-in chain exists (`-C`, else `-I`).
-    fn ensure_jumps(&self, exec: &mut dyn Exec) -> Result<(), DataplaneError> {
-        for j in rules::jumps() {
-            let spec = shell_words(&j.spec);
-            let mut args = vec!["-w", "5", "-t", j.table.name(), "-C", j.from];
-            args.extend(spec.iter().map(String::as_str));
-            let present = exec
-                .run(&self.tools.iptables, &args, b"")
-                .map(|o| o.success)
-                .unwrap_or(false);
-            if !present {
-                args[4] = "-I";
-                let out = exec
-                    .run(&self.tools.iptables, &args, b"")
-                    .map_err(|source| DataplaneError::Exec {
-                        tool: "iptables",
-                        source,
-                    })?;
-                if !out.success {
-                    return Err(DataplaneError::Refused {
-                        tool: "iptables",
-                        message: format!("-t {} -I {}: {}", j.table.name(), j.from, out.stderr_text()),
-                    });
-                }
+    /// The rules of the built-in chains we jump from, one `-S` listing per
+    /// chain (cheap: unlike a full save, it does not list our thousands of
+    /// chains), each table introduced by a `# table NAME` marker line.
+    fn list_builtins(&self, exec: &mut dyn Exec) -> Result<String, DataplaneError> {
+        let mut pairs: Vec<(Table, &str)> = rules::jumps().iter().map(|j| (j.table, j.from)).collect();
+        pairs.sort();
+        pairs.dedup();
+        let mut out = String::new();
+        for (table, chain) in pairs {
+            let o = exec
+                .run(&self.tools.iptables, &["-w", "5", "-t", table.name(), "-S", chain], b"")
+                .map_err(|source| DataplaneError::Exec {
+                    tool: "iptables",
+                    source,
+                })?;
+            if !o.success {
+                return Err(DataplaneError::Refused {
+                    tool: "iptables",
+                    message: format!("-t {} -S {chain}: {}", table.name(), o.stderr_text()),
+                });
             }
+            let _ = writeln!(out, "# table {}", table.name());
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
         }
-        Ok(())
+        Ok(out)
     }
 
     fn full_sync(
@@ -422,15 +494,18 @@ impl FamilyState {
         stats: &mut SyncStats,
     ) -> Result<(), DataplaneError> {
         let desired = desired(table, self.family, &self.cfg);
-        if self.discover {
+        let jumps = if self.discover {
             // Chains a previous run left behind (an agent restart, a crash):
             // they are ours to delete if no longer wanted.
-            let found = our_chains(&self.save(exec)?);
-            for (t, chains) in found {
+            let save = self.save(exec)?;
+            for (t, chains) in our_chains(&save) {
                 self.known_chains.entry(t).or_default().extend(chains);
             }
-        }
-        if desired.len() > CHUNK {
+            missing_jumps(&save)
+        } else {
+            missing_jumps(&self.list_builtins(exec)?)
+        };
+        if desired.len() > self.chunk {
             // iptables-nft-restore (1.8.9) with --noflush takes time
             // quadratic in the chains one transaction declares (measured at
             // 10,000 services x 10 endpoints: 106 s cold and 122 s warm as one
@@ -441,7 +516,7 @@ impl FamilyState {
             // rewrites the static and dispatch chains and deletes stale
             // chains in one last transaction.
             let keys: Vec<&ServicePortKey> = desired.keys().collect();
-            for chunk in keys.chunks(CHUNK) {
+            for chunk in keys.chunks(self.chunk) {
                 let input = own_chains_restore(chunk.iter().map(|k| &desired[*k]), &self.cfg);
                 self.restore(exec, &input)?;
                 stats.bytes_written += input.len();
@@ -462,15 +537,14 @@ impl FamilyState {
             keep.entry(Table::Nat)
                 .or_default()
                 .retain(|c| !desired.values().any(|r| r.chains.iter().any(|o| &o.name == c)));
-            let input = full_restore(&dispatch_only, &self.cfg, &keep);
+            let input = full_restore(&dispatch_only, &self.cfg, &keep, &jumps);
             self.restore(exec, &input)?;
             stats.bytes_written += input.len();
         } else {
-            let input = full_restore(&desired, &self.cfg, &self.known_chains);
+            let input = full_restore(&desired, &self.cfg, &self.known_chains, &jumps);
             self.restore(exec, &input)?;
             stats.bytes_written += input.len();
         }
-        self.ensure_jumps(exec)?;
         stats.ports_written += desired.len();
         stats.ports_removed += self.applied.keys().filter(|k| !desired.contains_key(*k)).count();
         self.known_chains = BTreeMap::new();

@@ -423,20 +423,30 @@ proptest! {
 
 #[test]
 fn large_full_syncs_load_in_chunks_with_the_same_result() {
-    let t = cluster(2_500);
+    let n = 2 * NFT_CHUNK + 10;
+    let t = cluster(n);
     let (mut b, fake) = backend();
     b.sync(t.table(), &SyncScope::Full).unwrap();
     let restores = fake.restores();
     assert_eq!(
         restores.len(),
         4,
-        "2,500 service ports: 3 chunks of own chains, then the dispatch chains"
+        "{n} service ports: 3 chunks of own chains, then the dispatch chains"
     );
     assert!(
         restores[..3].iter().all(|r| !r.contains("SP-SERVICES")),
         "chunks never touch the dispatch chains"
     );
     assert_same_rules(fake.tables(), fake_full_single(&t));
+    // The legacy variant loads the same in one transaction.
+    let fake_legacy = FakeIptables::new();
+    let mut legacy_cfg = cfg();
+    legacy_cfg.variant = Variant::Legacy;
+    IptablesDataplane::new(Box::new(fake_legacy.clone()), legacy_cfg)
+        .sync(t.table(), &SyncScope::Full)
+        .unwrap();
+    assert_eq!(fake_legacy.restores().len(), 1);
+    assert_same_rules(fake_legacy.tables(), fake.tables());
     // A warm full sync (with drift) converges to the same rules.
     fake.state()
         .tables
@@ -464,4 +474,32 @@ fn fake_full_single(t: &Tracker) -> fake::Tables {
     // Jumps come from the backend's own full sync (idempotent on top).
     b.sync(t.table(), &SyncScope::Full).unwrap();
     fake.tables()
+}
+
+#[test]
+fn full_sync_restores_a_deleted_jump_without_duplicating_the_others() {
+    let t = cluster(2);
+    let (mut b, mut fake) = backend();
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    let before = fake.tables();
+    let jump = fake.rules("filter", "FORWARD").unwrap()[0].clone();
+    let mut args = vec!["-t", "filter", "-D", "FORWARD"];
+    let words: Vec<&str> = jump.split(' ').collect();
+    args.extend(words.iter().copied());
+    assert!(fake.run("iptables", &args, b"").unwrap().success);
+    assert_ne!(fake.tables(), before);
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    assert_eq!(fake.tables(), before);
+    // The warm full sync listed only the built-in chains, not the whole ruleset.
+    let calls = fake.state().calls.clone();
+    let last_full: Vec<_> = calls
+        .iter()
+        .rev()
+        .take_while(|(p, _, _)| !p.ends_with("-restore"))
+        .collect();
+    assert!(last_full.is_empty(), "the restore is the last call");
+    assert!(
+        !calls.iter().skip(2).any(|(p, _, _)| p.ends_with("-save")),
+        "no full save after the first sync"
+    );
 }
