@@ -1,0 +1,356 @@
+//! The seam between the IPVS backend and the kernel's IPVS table: a trait
+//! over [`IpvsClient`], and a strict in-memory fake that answers like the
+//! kernel does (`EEXIST`, `ESRCH`/`ENOENT`, unknown schedulers, family
+//! mismatches) and counts every netlink message a caller would have sent.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use super::netlink::{
+    AddressFamily, ForwardMethod, IpvsClient, IpvsError, Protocol, RealServer, Result, ServiceFlags, VirtualService,
+};
+
+/// What the backend needs from IPVS. One call is one netlink request.
+pub trait IpvsKernel: Send {
+    /// Every virtual service (one dump request).
+    fn list_services(&mut self) -> Result<Vec<VirtualService>>;
+    /// Create a service.
+    fn add_service(&mut self, svc: &VirtualService) -> Result<()>;
+    /// Change a service's scheduler, flags, timeout or netmask.
+    fn edit_service(&mut self, svc: &VirtualService) -> Result<()>;
+    /// Delete a service and its real servers.
+    fn delete_service(&mut self, svc: &VirtualService) -> Result<()>;
+    /// The real servers of a service, with connection counters (one dump request).
+    fn list_destinations(&mut self, svc: &VirtualService) -> Result<Vec<RealServer>>;
+    /// Add a real server.
+    fn add_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()>;
+    /// Change a real server's weight (or other settings).
+    fn edit_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()>;
+    /// Remove a real server.
+    fn delete_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()>;
+}
+
+impl IpvsKernel for IpvsClient {
+    fn list_services(&mut self) -> Result<Vec<VirtualService>> {
+        IpvsClient::list_services(self)
+    }
+    fn add_service(&mut self, svc: &VirtualService) -> Result<()> {
+        IpvsClient::add_service(self, svc)
+    }
+    fn edit_service(&mut self, svc: &VirtualService) -> Result<()> {
+        IpvsClient::edit_service(self, svc)
+    }
+    fn delete_service(&mut self, svc: &VirtualService) -> Result<()> {
+        IpvsClient::delete_service(self, svc)
+    }
+    fn list_destinations(&mut self, svc: &VirtualService) -> Result<Vec<RealServer>> {
+        IpvsClient::list_destinations(self, svc)
+    }
+    fn add_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()> {
+        IpvsClient::add_destination(self, svc, dest)
+    }
+    fn edit_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()> {
+        IpvsClient::edit_destination(self, svc, dest)
+    }
+    fn delete_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()> {
+        IpvsClient::delete_destination(self, svc, dest)
+    }
+}
+
+/// Identity of a virtual service as the kernel looks it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceId {
+    /// Firewall mark, or 0.
+    pub fwmark: u32,
+    /// IP protocol number.
+    pub protocol: u16,
+    /// Address.
+    pub addr: IpAddr,
+    /// Port.
+    pub port: u16,
+}
+
+impl ServiceId {
+    /// The identity of `svc`.
+    pub fn of(svc: &VirtualService) -> ServiceId {
+        match svc.fwmark {
+            Some(m) => ServiceId {
+                fwmark: m,
+                protocol: 0,
+                addr: IpAddr::from([0u8; 4]),
+                port: 0,
+            },
+            None => ServiceId {
+                fwmark: 0,
+                protocol: proto_number(svc.protocol),
+                addr: svc.addr,
+                port: svc.port,
+            },
+        }
+    }
+}
+
+fn proto_number(p: Protocol) -> u16 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+        Protocol::Other(n) => n,
+    }
+}
+
+/// Schedulers the fake accepts (the `ip_vs_*` modules of a stock kernel).
+pub const KNOWN_SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos",
+];
+
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const EINVAL: i32 = 22;
+
+#[derive(Debug, Default)]
+struct FakeState {
+    services: BTreeMap<ServiceId, (VirtualService, Vec<RealServer>)>,
+    messages: usize,
+    log: Vec<String>,
+    fail_next: Option<IpvsError>,
+}
+
+/// A strict in-memory IPVS table. Clones share the table, so a test can
+/// hand one to the backend and inspect or tamper with another.
+#[derive(Debug, Clone, Default)]
+pub struct FakeIpvs {
+    state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeIpvs {
+    /// An empty table.
+    pub fn new() -> FakeIpvs {
+        FakeIpvs::default()
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Netlink messages received so far (every call counts as one).
+    pub fn messages(&self) -> usize {
+        self.st().messages
+    }
+
+    /// Reset the message counter and log.
+    pub fn reset_counters(&self) {
+        let mut s = self.st();
+        s.messages = 0;
+        s.log.clear();
+    }
+
+    /// The calls received since the last reset, e.g. `"add_dest TCP 10.96.0.1:80 10.244.1.2:8080 w1"`.
+    pub fn log(&self) -> Vec<String> {
+        self.st().log.clone()
+    }
+
+    /// Every service and its real servers, sorted.
+    pub fn snapshot(&self) -> Vec<(VirtualService, Vec<RealServer>)> {
+        self.st()
+            .services
+            .values()
+            .map(|(s, d)| {
+                let mut d = d.clone();
+                d.sort_by_key(|r| (r.addr, r.port));
+                (s.clone(), d)
+            })
+            .collect()
+    }
+
+    /// Set the connection counters of a real server (what traffic would do).
+    pub fn set_connections(&self, svc: ServiceId, addr: std::net::SocketAddr, active: u32, inactive: u32) -> bool {
+        let mut s = self.st();
+        let Some((_, dests)) = s.services.get_mut(&svc) else {
+            return false;
+        };
+        match dests.iter_mut().find(|d| d.addr == addr.ip() && d.port == addr.port()) {
+            Some(d) => {
+                d.active_connections = active;
+                d.inactive_connections = inactive;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Insert a service directly (foreign state, or drift), bypassing counters.
+    pub fn insert_raw(&self, svc: VirtualService, dests: Vec<RealServer>) {
+        self.st().services.insert(ServiceId::of(&svc), (svc, dests));
+    }
+
+    /// Remove a service directly (drift), bypassing counters.
+    pub fn remove_raw(&self, id: ServiceId) -> bool {
+        self.st().services.remove(&id).is_some()
+    }
+
+    /// The next call fails with this error.
+    pub fn fail_next(&self, e: IpvsError) {
+        self.st().fail_next = Some(e);
+    }
+
+    fn begin(&self, what: String) -> Result<std::sync::MutexGuard<'_, FakeState>> {
+        let mut s = self.st();
+        s.messages += 1;
+        s.log.push(what);
+        if let Some(e) = s.fail_next.take() {
+            return Err(e);
+        }
+        Ok(s)
+    }
+}
+
+fn svc_text(svc: &VirtualService) -> String {
+    let p = match svc.protocol {
+        Protocol::Tcp => "TCP".to_string(),
+        Protocol::Udp => "UDP".into(),
+        Protocol::Sctp => "SCTP".into(),
+        Protocol::Other(n) => n.to_string(),
+    };
+    format!("{p} {}", std::net::SocketAddr::new(svc.addr, svc.port))
+}
+
+fn dest_text(d: &RealServer) -> String {
+    format!("{} w{}", std::net::SocketAddr::new(d.addr, d.port), d.weight)
+}
+
+fn validate_service(svc: &VirtualService) -> Result<()> {
+    if !KNOWN_SCHEDULERS.contains(&svc.scheduler.as_str()) {
+        // The kernel cannot load `ip_vs_<name>`.
+        return Err(IpvsError::from_errno(ENOENT));
+    }
+    if svc.fwmark.is_none() && (svc.port == 0 || AddressFamily::of(&svc.addr) != svc.family) {
+        return Err(IpvsError::from_errno(EINVAL));
+    }
+    if svc.flags.contains(ServiceFlags::PERSISTENT) && svc.timeout == 0 {
+        return Err(IpvsError::from_errno(EINVAL));
+    }
+    Ok(())
+}
+
+fn validate_dest(svc: &VirtualService, d: &RealServer) -> Result<()> {
+    if d.weight > i32::MAX as u32 || d.lower_threshold > d.upper_threshold && d.upper_threshold != 0 {
+        return Err(IpvsError::from_errno(EINVAL));
+    }
+    if AddressFamily::of(&d.addr) != svc.family && d.fwd_method != ForwardMethod::Tunnel {
+        return Err(IpvsError::from_errno(EINVAL));
+    }
+    Ok(())
+}
+
+impl IpvsKernel for FakeIpvs {
+    fn list_services(&mut self) -> Result<Vec<VirtualService>> {
+        let s = self.begin("list_services".into())?;
+        Ok(s.services
+            .values()
+            .map(|(svc, _)| {
+                let mut svc = svc.clone();
+                svc.flags = svc.flags | ServiceFlags::HASHED;
+                svc.stats = Some(Default::default());
+                svc
+            })
+            .collect())
+    }
+
+    fn add_service(&mut self, svc: &VirtualService) -> Result<()> {
+        let mut s = self.begin(format!("add_service {} {}", svc_text(svc), svc.scheduler))?;
+        validate_service(svc)?;
+        let id = ServiceId::of(svc);
+        if s.services.contains_key(&id) {
+            return Err(IpvsError::Exists);
+        }
+        let mut stored = svc.clone();
+        stored.stats = None;
+        s.services.insert(id, (stored, Vec::new()));
+        Ok(())
+    }
+
+    fn edit_service(&mut self, svc: &VirtualService) -> Result<()> {
+        let mut s = self.begin(format!("edit_service {} {}", svc_text(svc), svc.scheduler))?;
+        validate_service(svc)?;
+        match s.services.get_mut(&ServiceId::of(svc)) {
+            Some((stored, _)) => {
+                *stored = VirtualService {
+                    stats: None,
+                    ..svc.clone()
+                };
+                Ok(())
+            }
+            None => Err(IpvsError::from_errno(ESRCH)),
+        }
+    }
+
+    fn delete_service(&mut self, svc: &VirtualService) -> Result<()> {
+        let mut s = self.begin(format!("delete_service {}", svc_text(svc)))?;
+        match s.services.remove(&ServiceId::of(svc)) {
+            Some(_) => Ok(()),
+            None => Err(IpvsError::from_errno(ESRCH)),
+        }
+    }
+
+    fn list_destinations(&mut self, svc: &VirtualService) -> Result<Vec<RealServer>> {
+        let s = self.begin(format!("list_dests {}", svc_text(svc)))?;
+        match s.services.get(&ServiceId::of(svc)) {
+            // Newest first, as the kernel lists them.
+            Some((_, d)) => Ok(d.iter().rev().cloned().collect()),
+            None => Err(IpvsError::from_errno(ESRCH)),
+        }
+    }
+
+    fn add_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()> {
+        let mut s = self.begin(format!("add_dest {} {}", svc_text(svc), dest_text(dest)))?;
+        validate_dest(svc, dest)?;
+        let Some((_, dests)) = s.services.get_mut(&ServiceId::of(svc)) else {
+            return Err(IpvsError::from_errno(ESRCH));
+        };
+        if dests.iter().any(|d| d.addr == dest.addr && d.port == dest.port) {
+            return Err(IpvsError::Exists);
+        }
+        dests.push(RealServer {
+            active_connections: 0,
+            inactive_connections: 0,
+            persistent_connections: 0,
+            stats: None,
+            ..dest.clone()
+        });
+        Ok(())
+    }
+
+    fn edit_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()> {
+        let mut s = self.begin(format!("edit_dest {} {}", svc_text(svc), dest_text(dest)))?;
+        validate_dest(svc, dest)?;
+        let Some((_, dests)) = s.services.get_mut(&ServiceId::of(svc)) else {
+            return Err(IpvsError::from_errno(ESRCH));
+        };
+        match dests.iter_mut().find(|d| d.addr == dest.addr && d.port == dest.port) {
+            Some(d) => {
+                d.weight = dest.weight;
+                d.fwd_method = dest.fwd_method;
+                d.upper_threshold = dest.upper_threshold;
+                d.lower_threshold = dest.lower_threshold;
+                d.tunnel = dest.tunnel;
+                Ok(())
+            }
+            None => Err(IpvsError::from_errno(ENOENT)),
+        }
+    }
+
+    fn delete_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()> {
+        let mut s = self.begin(format!("delete_dest {} {}", svc_text(svc), dest_text(dest)))?;
+        let Some((_, dests)) = s.services.get_mut(&ServiceId::of(svc)) else {
+            return Err(IpvsError::from_errno(ESRCH));
+        };
+        let before = dests.len();
+        dests.retain(|d| !(d.addr == dest.addr && d.port == dest.port));
+        if dests.len() == before {
+            return Err(IpvsError::from_errno(ENOENT));
+        }
+        Ok(())
+    }
+}
