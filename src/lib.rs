@@ -9,7 +9,11 @@
 
 pub mod config;
 pub mod dataplane;
+pub mod diagnose;
+pub mod health;
+pub mod metrics;
 pub mod model;
+pub mod netaddr;
 pub mod policy;
 pub mod render;
 pub mod snapshot;

@@ -41,6 +41,25 @@ struct Cli {
 enum Command {
     /// Print what a node would program, from a file of Services, EndpointSlices and Nodes; needs no cluster and no root.
     Render(RenderArgs),
+    /// Explain why traffic to a Service does (not) flow from this node, with evidence; exit 0 when it should flow, 1 when a reason was found.
+    Diagnose(DiagnoseArgs),
+}
+
+#[derive(Args, Debug)]
+struct DiagnoseArgs {
+    /// The Service, as NAMESPACE/NAME.
+    target: String,
+    /// Read objects (Services, EndpointSlices, Nodes, Pods) from this file instead of the cluster.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// An iptables-save dump of the node, to compare what is programmed with what should be.
+    #[arg(long = "iptables-save", value_name = "FILE")]
+    iptables_save: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(flatten)]
+    flags: ProxyFlags,
 }
 
 #[derive(Args, Debug)]
@@ -80,6 +99,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Some(Command::Render(args)) => render_command(args),
+        Some(Command::Diagnose(args)) => diagnose_command(args),
         None => agent_command(cli.flags),
     }
 }
@@ -147,6 +167,17 @@ fn render_command(args: RenderArgs) -> ExitCode {
         let rules = rule_config(&config, family, &opts.node_port_addresses);
         match config.mode {
             ProxyMode::Iptables => print!("{}", IptablesDataplane::render_full(tracker.table(), family, &rules)),
+            ProxyMode::Ipvs => print!(
+                "{}",
+                sliceproxy::dataplane::ipvs::IpvsDataplane::render_full(
+                    tracker.table(),
+                    family,
+                    &sliceproxy::dataplane::ipvs::layout::LayoutConfig {
+                        rules,
+                        scheduler: config.ipvs.effective_scheduler().to_string(),
+                    }
+                )
+            ),
             mode => {
                 eprintln!("sliceproxy render: --proxy-mode {mode}: this build cannot print {mode} rules yet");
                 return ExitCode::from(EXIT_USAGE);
@@ -207,6 +238,96 @@ fn agent_command(flags: ProxyFlags) -> ExitCode {
     }
 }
 
+fn diagnose_command(args: DiagnoseArgs) -> ExitCode {
+    let config = match load_config(&args.flags) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let key = match sliceproxy::diagnose::parse_target(&args.target) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("sliceproxy diagnose: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let snapshot = match &args.file {
+        Some(file) => Snapshot::from_file(file).map_err(|e| format!("{}: {e}", file.display())),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(live_snapshot(&config, &key)).map_err(|e| e.to_string())),
+    };
+    let snapshot = match snapshot {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sliceproxy diagnose: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let dump = match &args.iptables_save {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("sliceproxy diagnose: {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
+    let d = sliceproxy::diagnose::diagnose(&snapshot, &key, &config.hostname, dump.as_deref());
+    match args.output {
+        Output::Table => print!("{}", sliceproxy::diagnose::to_text(&d)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default()),
+    }
+    if d.traffic_should_flow {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The objects `diagnose` needs, listed live: the namespace's Services,
+/// EndpointSlices and Pods, Pods elsewhere (for selector mistakes; skipped
+/// when not allowed), and the node.
+async fn live_snapshot(
+    config: &Config,
+    key: &sliceproxy::model::ServiceKey,
+) -> Result<Snapshot, Box<dyn std::error::Error>> {
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::api::discovery::v1 as discovery;
+    use kube::api::{Api, ListParams};
+    let client = kube_client(config).await?;
+    let lp = ListParams::default();
+    let ns = &*key.namespace;
+    let services = Api::<core::Service>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items;
+    let slices = Api::<discovery::EndpointSlice>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items;
+    let pods = match Api::<core::Pod>::all(client.clone()).list(&lp).await {
+        Ok(l) => l.items,
+        Err(_) => Api::<core::Pod>::namespaced(client.clone(), ns).list(&lp).await?.items,
+    };
+    let nodes = match Api::<core::Node>::all(client).get_opt(&config.hostname).await {
+        Ok(n) => n.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read Node {}", config.hostname);
+            Vec::new()
+        }
+    };
+    Ok(Snapshot {
+        services,
+        slices,
+        nodes,
+        pods,
+        ..Snapshot::default()
+    })
+}
+
 /// Rule settings of one family.
 fn rule_config(config: &Config, family: IpFamily, node_port_addresses: &[IpAddr]) -> RuleConfig {
     RuleConfig {
@@ -260,10 +381,60 @@ fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, String> {
             };
             Ok(Box::new(IptablesDataplane::new(Box::new(exec), cfg)))
         }
+        ProxyMode::Ipvs => ipvs_dataplane(config),
         mode => Err(format!(
             "--proxy-mode {mode}: this build has no {mode} dataplane yet; `sliceproxy render` shows what it would program"
         )),
     }
+}
+
+/// `--proxy-mode ipvs`: the IPVS genetlink client, rtnetlink for the dummy
+/// interface, and the host's tools for ipset and the iptables layer.
+fn ipvs_dataplane(config: &Config) -> Result<Box<dyn Dataplane>, String> {
+    use sliceproxy::dataplane::ipvs::{IpvsDataplane, IpvsDataplaneConfig, kernel::FakeIpvs, link::RtLinks};
+    let mut exec = HostExec::new();
+    let variant = iptables::detect_variant(&mut exec);
+    let mut families: Vec<IpFamily> = config.cluster_cidrs.iter().map(|c| IpFamily::of(&c.addr())).collect();
+    families.sort();
+    families.dedup();
+    if families.is_empty() {
+        families.push(IpFamily::V4);
+    }
+    let kernel: Box<dyn sliceproxy::dataplane::ipvs::kernel::IpvsKernel> =
+        match sliceproxy::dataplane::ipvs::netlink::IpvsClient::connect() {
+            Ok(c) => Box::new(c),
+            // Nothing of ours can be in an IPVS table the kernel lacks; the
+            // rest (ipsets, rules, interface) is still cleaned up.
+            Err(sliceproxy::dataplane::ipvs::netlink::IpvsError::NotSupported) if config.cleanup => {
+                Box::new(FakeIpvs::new())
+            }
+            Err(e) => return Err(format!("--proxy-mode ipvs: {e}")),
+        };
+    let links = RtLinks::open().map_err(|e| format!("--proxy-mode ipvs: rtnetlink: {e}"))?;
+    tracing::info!(
+        ?variant,
+        ?families,
+        scheduler = config.ipvs.effective_scheduler(),
+        "ipvs mode"
+    );
+    let cfg = IpvsDataplaneConfig {
+        families,
+        variant,
+        rules: [
+            rule_config(config, IpFamily::V4, &[]),
+            rule_config(config, IpFamily::V6, &[]),
+        ],
+        scheduler: config.ipvs.effective_scheduler().to_string(),
+        node_ports: Some(config.nodeport_addresses.clone()),
+        exclude_cidrs: config.ipvs.exclude_cidrs.clone(),
+        ..Default::default()
+    };
+    Ok(Box::new(IpvsDataplane::new(
+        kernel,
+        Box::new(links),
+        Box::new(exec),
+        cfg,
+    )))
 }
 
 async fn run_agent(config: Config, dataplane: Box<dyn Dataplane>) -> Result<(), Box<dyn std::error::Error>> {
@@ -279,11 +450,37 @@ async fn run_agent(config: Config, dataplane: Box<dyn Dataplane>) -> Result<(), 
         min_sync_period: config.min_sync_period,
         sync_period: config.sync_period,
     };
-    let mut agent = Agent::new(Tracker::new(NodeContext::new(&config.hostname)), dataplane, settings);
-    // Stale UDP flows are cleared in the agent's own network namespace; node
-    // ports match on the node's addresses as they were at start.
-    let local: Vec<IpAddr> = addresses::local_addresses(&mut HostExec::new()).unwrap_or_default();
-    match NetlinkConntrack::open(Box::new(move |ip: &IpAddr| local.contains(ip))) {
+    let agent = Agent::new(Tracker::new(NodeContext::new(&config.hostname)), dataplane, settings);
+    // /healthz, /livez, /metrics, /proxyMode and the health-check node ports;
+    // they stop with the process (the rules do not).
+    let mode: &'static str = match config.mode {
+        ProxyMode::Iptables => "iptables",
+        ProxyMode::Nftables => "nftables",
+        ProxyMode::Ipvs => "ipvs",
+    };
+    let (mut agent, _servers) =
+        sliceproxy::metrics::instrument(agent, &config, mode, IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)).await?;
+    // Node-port rules depend on the node's addresses: follow them over
+    // netlink and resync fully when they change.
+    let watcher = match sliceproxy::netaddr::watch_addresses().await {
+        Ok(w) => {
+            agent = agent.with_resync_trigger(w.changes.clone());
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot follow node addresses; they are re-read at every full sync");
+            None
+        }
+    };
+    // Stale UDP flows are cleared in the agent's own network namespace; the
+    // local-address test follows the watcher when there is one.
+    let start_local: Vec<IpAddr> = addresses::local_addresses(&mut HostExec::new()).unwrap_or_default();
+    let shared = watcher.as_ref().map(|w| w.addresses.clone());
+    let is_local = move |ip: &IpAddr| match &shared {
+        Some(s) => s.read().unwrap_or_else(|p| p.into_inner()).contains(ip),
+        None => start_local.contains(ip),
+    };
+    match NetlinkConntrack::open(Box::new(is_local)) {
         Ok(ct) => agent = agent.with_flow_cleaner(Box::new(ct)),
         Err(e) => tracing::warn!(error = %e, "conntrack is not available; stale UDP flows will only expire"),
     }

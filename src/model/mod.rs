@@ -378,6 +378,10 @@ pub struct Slice {
     pub ports: Vec<SlicePort>,
     /// Endpoints, in the slice's order.
     pub endpoints: Vec<SliceEndpoint>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`: when the change
+    /// this version reflects happened (for the network programming latency
+    /// metric; never changes rules).
+    pub trigger_time: Option<std::time::SystemTime>,
 }
 
 /// What the agent needs from its own Node object.

@@ -14,10 +14,10 @@ use tokio::time::Instant;
 use std::collections::{BTreeSet, HashMap};
 
 use crate::dataplane::conntrack::{FlowCleaner, StaleFlow, stale_udp_flows};
-use crate::dataplane::{Dataplane, SyncScope, SyncStats};
-use crate::model::{Protocol, ServicePortKey};
+use crate::dataplane::{Dataplane, DataplaneError, SyncScope, SyncStats};
+use crate::model::{NodeInfo, Protocol, ServicePortKey};
 use crate::policy::PortPlan;
-use crate::track::{ChangeSet, Tracker};
+use crate::track::{BackendTable, ChangeSet, Tracker};
 use crate::watch::{Event, Update};
 
 /// Timing of the runner (kube-proxy's `--min-sync-period` and `--sync-period`).
@@ -88,6 +88,38 @@ pub struct AgentStatus {
     pub counters: SyncCounters,
 }
 
+/// What kind of object a change came from (kube-proxy counts Service and
+/// endpoint changes separately).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A Service event.
+    Service,
+    /// An EndpointSlice event.
+    Endpoints,
+    /// The agent's own Node (zone) changed.
+    Node,
+}
+
+/// Told about every change and every sync, for health, metrics and the
+/// health-check node ports. It runs on the agent task between syncs, so it
+/// must not block.
+pub trait SyncObserver: Send {
+    /// An event changed `changes`, which now wait for the next sync.
+    /// `trigger` is the EndpointSlice's last-change-trigger-time, if any.
+    fn changed(&mut self, _kind: ChangeKind, _changes: &ChangeSet, _trigger: Option<std::time::SystemTime>) {}
+    /// The agent's own Node changed (`None`: deleted).
+    fn node(&mut self, _node: Option<&NodeInfo>) {}
+    /// A sync ran over `scope`, taking `elapsed`, with `result`.
+    fn synced(
+        &mut self,
+        _table: &BackendTable,
+        _scope: &SyncScope,
+        _result: Result<&SyncStats, &DataplaneError>,
+        _elapsed: Duration,
+    ) {
+    }
+}
+
 /// The first complete list of each watched kind.
 #[derive(Debug, Clone, Copy, Default)]
 struct Listed {
@@ -119,6 +151,10 @@ pub struct Agent<D: Dataplane> {
     cleaner: Option<Box<dyn FlowCleaner>>,
     /// The UDP plans as last programmed, to tell which flows went stale.
     udp_plans: HashMap<ServicePortKey, PortPlan>,
+    observer: Option<Box<dyn SyncObserver>>,
+    /// Bumped by whoever knows the node's state outside the API changed
+    /// (its addresses): each bump owes a full sync.
+    resync: Option<watch::Receiver<u64>>,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -140,7 +176,27 @@ impl<D: Dataplane> Agent<D> {
             status_tx,
             cleaner: None,
             udp_plans: HashMap::new(),
+            observer: None,
+            resync: None,
         }
+    }
+
+    /// Report every change and sync to `observer` (metrics, health).
+    pub fn with_observer(mut self, observer: Box<dyn SyncObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Run a full sync whenever `trigger` changes (e.g. the node's addresses
+    /// changed, which node-port rules depend on but no API object carries).
+    pub fn with_resync_trigger(mut self, trigger: watch::Receiver<u64>) -> Self {
+        self.resync = Some(trigger);
+        self
+    }
+
+    /// Owe a full sync at the next deadline.
+    pub fn request_full_sync(&mut self) {
+        self.full_pending = true;
     }
 
     /// Delete stale UDP conntrack entries after each sync with `cleaner`.
@@ -222,6 +278,20 @@ impl<D: Dataplane> Agent<D> {
 
     /// Fold one event into the table; returns the service ports it changed.
     pub fn handle(&mut self, event: Event, now: Instant) -> ChangeSet {
+        let (kind, trigger) = match &event {
+            Event::Service(_) => (ChangeKind::Service, None),
+            Event::Slice(Update::Apply(s)) => (ChangeKind::Endpoints, s.trigger_time),
+            Event::Slice(_) => (ChangeKind::Endpoints, None),
+            _ => (ChangeKind::Node, None),
+        };
+        if let Some(o) = self.observer.as_mut() {
+            match &event {
+                Event::Node(Update::Apply(n)) => o.node(Some(n)),
+                Event::Node(Update::Reset { objects, keep }) if keep.is_empty() => o.node(objects.first()),
+                Event::Node(Update::Delete(())) => o.node(None),
+                _ => {}
+            }
+        }
         let t = &mut self.tracker;
         let changes = match event {
             Event::Service(Update::Reset { objects, keep }) => {
@@ -264,6 +334,9 @@ impl<D: Dataplane> Agent<D> {
             self.status.counters.service_port_changes += changes.len() as u64;
             self.status.pending_since.get_or_insert(now);
             self.pending.merge(changes.clone());
+            if let Some(o) = self.observer.as_mut() {
+                o.changed(kind, &changes, trigger);
+            }
         }
         self.status.initialized = self.listed.all();
         self.publish();
@@ -302,7 +375,11 @@ impl<D: Dataplane> Agent<D> {
             SyncScope::Partial(changes)
         };
         self.last_attempt = Some(now);
+        let started = std::time::Instant::now();
         let result = run_blocking(|| self.dataplane.sync(self.tracker.table(), &scope));
+        if let Some(o) = self.observer.as_mut() {
+            o.synced(self.tracker.table(), &scope, result.as_ref(), started.elapsed());
+        }
         match result {
             Ok(stats) => {
                 tracing::info!(
@@ -378,9 +455,25 @@ impl<D: Dataplane> Agent<D> {
                     None => break,
                 },
                 _ = &mut shutdown => break,
+                changed = resync_changed(&mut self.resync) => {
+                    if changed {
+                        tracing::info!("node state changed outside the API; full sync");
+                        self.full_pending = true;
+                    } else {
+                        self.resync = None; // the sender is gone
+                    }
+                }
             }
         }
         self
+    }
+}
+
+/// Wait for the resync trigger; never resolves without one.
+async fn resync_changed(trigger: &mut Option<watch::Receiver<u64>>) -> bool {
+    match trigger {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

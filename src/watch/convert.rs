@@ -336,7 +336,19 @@ pub fn slice(s: &discovery::EndpointSlice) -> Result<Option<Slice>, ConvertError
         family,
         ports,
         endpoints,
+        trigger_time: trigger_time(&s.metadata),
     }))
+}
+
+/// The annotation the EndpointSlice controller sets to when the Pod or
+/// Service change behind this version happened.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The slice's trigger time; a malformed one is ignored (it only feeds a metric).
+fn trigger_time(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<std::time::SystemTime> {
+    let value = meta.annotations.as_ref()?.get(TRIGGER_TIME_ANNOTATION)?;
+    let ts: k8s_openapi::jiff::Timestamp = value.parse().ok()?;
+    Some(ts.into())
 }
 
 fn names<'a>(it: impl Iterator<Item = &'a str>) -> Arc<[Name]> {

@@ -1,0 +1,31 @@
+# sliceproxy: a node-level kube-proxy replacement.
+#
+#   docker build -t sliceproxy .
+#
+# Without a container engine, scripts/check-runtime-image.sh builds the same
+# runtime rootfs with debootstrap and runs the binary in a chroot.
+
+# --- build ---------------------------------------------------------------
+FROM rust:1.89-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+COPY examples ./examples
+RUN cargo build --release --locked --bin sliceproxy \
+ && install -m 0755 target/release/sliceproxy /sliceproxy
+
+# --- runtime -------------------------------------------------------------
+FROM debian:bookworm-slim
+# Exactly the userspace tools the agent execs:
+#   iptables  - iptables/ip6tables(-nft|-legacy)(-save|-restore), the iptables mode
+#   iproute2  - `ip -j addr show` (node addresses for node ports, as a fallback
+#               to netlink) and `ip netns exec` for namespaced execution
+# Not installed: nftables (no nftables mode is built yet), ipset (the iptables
+# mode uses none), conntrack (stale UDP flows are cleared over ctnetlink).
+ARG RUNTIME_PACKAGES="iptables iproute2"
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ${RUNTIME_PACKAGES} \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /sliceproxy /usr/local/bin/sliceproxy
+ENTRYPOINT ["/usr/local/bin/sliceproxy"]

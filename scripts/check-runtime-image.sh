@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Checks the Dockerfile's runtime stage without a container engine: builds a
+# minimal Debian rootfs with debootstrap holding exactly the packages the
+# Dockerfile's runtime stage installs, copies the release binary in, and runs
+# it in a chroot. Needs root and debootstrap (apt-get install debootstrap).
+#
+#   scripts/check-runtime-image.sh            # rootfs in $ROOTFS (default /tmp/sliceproxy-rootfs)
+#   KEEP_ROOTFS=1 scripts/check-runtime-image.sh   # reuse it on the next run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROOTFS=${ROOTFS:-/tmp/sliceproxy-rootfs}
+SUITE=${SUITE:-bookworm}
+# The mirror apt already uses on this machine (so a registry-only network works).
+MIRROR=${MIRROR:-$(grep -rhoE '^(URIs:|deb) *https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
+  | grep -oE 'https?://[^ ]+' | head -1 || true)}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+
+# The runtime packages, read from the Dockerfile so the two cannot drift.
+PACKAGES=$(sed -n 's/^ARG RUNTIME_PACKAGES="\(.*\)"/\1/p' Dockerfile)
+[ -n "$PACKAGES" ] || { echo "no ARG RUNTIME_PACKAGES in Dockerfile" >&2; exit 1; }
+
+cargo build --release --locked --bin sliceproxy
+
+start=$(date +%s)
+if [ ! -x "$ROOTFS/usr/sbin/iptables" ] || [ -z "${KEEP_ROOTFS:-}" ]; then
+  rm -rf "$ROOTFS"
+  debootstrap --variant=minbase --include="$(echo "$PACKAGES" | tr ' ' ',')" "$SUITE" "$ROOTFS" "$MIRROR"
+fi
+end=$(date +%s)
+echo "debootstrap: $((end - start)) s, rootfs $(du -sh "$ROOTFS" | cut -f1)"
+
+install -m 0755 target/release/sliceproxy "$ROOTFS/usr/local/bin/sliceproxy"
+mkdir -p "$ROOTFS/examples"
+cp examples/cluster.yaml "$ROOTFS/examples/cluster.yaml"
+
+in_root() { chroot "$ROOTFS" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
+
+in_root sliceproxy --version
+in_root sliceproxy render -f /examples/cluster.yaml --hostname-override node-a \
+  --cluster-cidr 10.244.0.0/16,fd00:244::/48 >/dev/null
+in_root sliceproxy render -f /examples/cluster.yaml --hostname-override node-a \
+  --cluster-cidr 10.244.0.0/16 --proxy-mode iptables | head -3
+# Every tool the dataplane execs resolves inside the image.
+for tool in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore \
+  iptables-nft-save iptables-legacy-save ip; do
+  in_root sh -c "command -v $tool" >/dev/null || { echo "missing in image: $tool" >&2; exit 1; }
+done
+in_root iptables --version
+in_root ip -V
+# The binary links only what the image has.
+if in_root ldd /usr/local/bin/sliceproxy 2>/dev/null | grep -q 'not found'; then
+  echo "missing shared libraries:" >&2; in_root ldd /usr/local/bin/sliceproxy >&2; exit 1
+fi
+echo "runtime image check: OK"
