@@ -21,9 +21,12 @@ FROM debian:bookworm-slim
 #   iptables  - iptables/ip6tables(-nft|-legacy)(-save|-restore), the iptables mode
 #   iproute2  - `ip -j addr show` (node addresses for node ports, as a fallback
 #               to netlink) and `ip netns exec` for namespaced execution
-# Not installed: nftables (no nftables mode is built yet), ipset (the iptables
-# mode uses none), conntrack (stale UDP flows are cleared over ctnetlink).
-ARG RUNTIME_PACKAGES="iptables iproute2"
+#   ipset     - the IPVS mode's sets (`ipset restore`, `ipset save`, `ipset swap`)
+#   procps    - `sysctl`, the IPVS mode's kernel settings (vs.conntrack, ...)
+# Not installed: nftables (no nftables mode is built yet), conntrack (stale
+# UDP flows are cleared over ctnetlink), ipvsadm (IPVS is programmed over
+# generic netlink).
+ARG RUNTIME_PACKAGES="iptables iproute2 ipset procps"
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ${RUNTIME_PACKAGES} \
  && rm -rf /var/lib/apt/lists/*

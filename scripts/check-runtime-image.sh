@@ -43,7 +43,7 @@ in_root sliceproxy render -f /examples/cluster.yaml --hostname-override node-a \
   --cluster-cidr 10.244.0.0/16 --proxy-mode iptables | head -3
 # Every tool the dataplane execs resolves inside the image.
 for tool in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore \
-  iptables-nft-save iptables-legacy-save ip; do
+  iptables-nft-save iptables-nft-restore iptables-legacy-save iptables-legacy-restore ip ipset sysctl; do
   in_root sh -c "command -v $tool" >/dev/null || { echo "missing in image: $tool" >&2; exit 1; }
 done
 in_root iptables --version

@@ -1,15 +1,29 @@
 #!/usr/bin/env bash
 # The one test command: every tier of sliceproxy's tests.
-#   1. pure tests (conversion, tracker, policy, property tests, golden renders),
+#   1. pure tests (conversion, tracker, policy, rule rendering, strict fakes,
+#      property tests, golden renders),
 #   2. control-plane tests against a real etcd + kube-apiserver built from the
-#      Go module proxy into ~/.cache/sliceproxy (skipped build when cached).
+#      Go module proxy into ~/.cache/sliceproxy (skipped build when cached),
+#   3. dataplane tests: real rules and real packets in network namespaces the
+#      tests create (iptables mode on this kernel; IPVS mode inside a qemu VM
+#      running Debian's kernel, image cached in ~/.cache/sliceproxy/vm).
 # A missing prerequisite fails the run; nothing is skipped silently.
+# `.ci/run` installs the Debian packages (as root) and then runs this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in cargo go; do
-    command -v "$tool" >/dev/null || { echo "scripts/test.sh: '$tool' is required" >&2; exit 1; }
+missing=()
+for tool in cargo go ip iptables-nft-restore iptables-legacy-restore ip6tables-nft-restore ipset qemu-system-x86_64 depmod; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
 done
+if ((${#missing[@]})); then
+    echo "scripts/test.sh: missing ${missing[*]}; run .ci/run once as root (it installs them)" >&2
+    exit 1
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "scripts/test.sh: the dataplane tests create network namespaces and rules: run as root" >&2
+    exit 1
+fi
 
 # Binaries may come from elsewhere (a laptop without Go): set all three of
 # SLICEPROXY_KUBE_APISERVER, SLICEPROXY_ETCD and SLICEPROXY_KUBECTL.

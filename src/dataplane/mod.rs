@@ -82,6 +82,13 @@ pub trait Dataplane: Send {
 
     /// Remove everything this backend ever created, and nothing else.
     fn cleanup(&mut self) -> Result<(), DataplaneError>;
+
+    /// Work between syncs that cannot wait for the next one (IPVS real
+    /// servers that finished draining). Returns when it wants to run
+    /// again; `None` when there is nothing left to do.
+    fn housekeeping(&mut self) -> Result<Option<Duration>, DataplaneError> {
+        Ok(None)
+    }
 }
 
 impl Dataplane for Box<dyn Dataplane> {
@@ -93,5 +100,8 @@ impl Dataplane for Box<dyn Dataplane> {
     }
     fn cleanup(&mut self) -> Result<(), DataplaneError> {
         (**self).cleanup()
+    }
+    fn housekeeping(&mut self) -> Result<Option<Duration>, DataplaneError> {
+        (**self).housekeeping()
     }
 }

@@ -152,6 +152,8 @@ pub struct Agent<D: Dataplane> {
     /// The UDP plans as last programmed, to tell which flows went stale.
     udp_plans: HashMap<ServicePortKey, PortPlan>,
     observer: Option<Box<dyn SyncObserver>>,
+    /// When the dataplane wants its housekeeping to run next.
+    housekeeping_at: Option<Instant>,
     /// Bumped by whoever knows the node's state outside the API changed
     /// (its addresses): each bump owes a full sync.
     resync: Option<watch::Receiver<u64>>,
@@ -177,6 +179,7 @@ impl<D: Dataplane> Agent<D> {
             cleaner: None,
             udp_plans: HashMap::new(),
             observer: None,
+            housekeeping_at: None,
             resync: None,
         }
     }
@@ -405,6 +408,8 @@ impl<D: Dataplane> Agent<D> {
                 self.status.pending_since = None;
                 self.status.last_stats = Some(stats);
                 self.clear_stale_flows(&scope);
+                // A sync may have started draining something: look soon.
+                self.housekeeping_at = Some(now);
             }
             Err(e) => {
                 self.failures += 1;
@@ -431,6 +436,17 @@ impl<D: Dataplane> Agent<D> {
         self.status_tx.send_replace(self.status.clone());
     }
 
+    /// Run the dataplane's housekeeping and schedule the next round.
+    pub fn housekeeping(&mut self, now: Instant) {
+        self.housekeeping_at = match run_blocking(|| self.dataplane.housekeeping()) {
+            Ok(next) => next.map(|d| now + d),
+            Err(e) => {
+                tracing::warn!(mode = self.dataplane.name(), error = %e, "housekeeping failed; retrying");
+                Some(now + self.settings.min_sync_period.max(Duration::from_secs(1)))
+            }
+        };
+    }
+
     /// Remove everything the dataplane created.
     pub fn cleanup(&mut self) -> Result<(), crate::dataplane::DataplaneError> {
         self.dataplane.cleanup()
@@ -455,6 +471,7 @@ impl<D: Dataplane> Agent<D> {
                     None => break,
                 },
                 _ = &mut shutdown => break,
+                _ = sleep_until(self.housekeeping_at), if self.housekeeping_at.is_some() => self.housekeeping(Instant::now()),
                 changed = resync_changed(&mut self.resync) => {
                     if changed {
                         tracing::info!("node state changed outside the API; full sync");

@@ -357,3 +357,57 @@ async fn stale_udp_flows_are_cleared_after_the_sync_that_removed_them() {
     );
     assert_eq!(agent.status.counters.conntrack_deleted, 2);
 }
+
+/// A dataplane whose housekeeping wants two more rounds, one second apart.
+struct Draining {
+    rounds: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+}
+
+impl crate::dataplane::Dataplane for Draining {
+    fn name(&self) -> &'static str {
+        "draining"
+    }
+    fn sync(
+        &mut self,
+        _: &crate::track::BackendTable,
+        _: &crate::dataplane::SyncScope,
+    ) -> Result<crate::dataplane::SyncStats, crate::dataplane::DataplaneError> {
+        Ok(Default::default())
+    }
+    fn cleanup(&mut self) -> Result<(), crate::dataplane::DataplaneError> {
+        Ok(())
+    }
+    fn housekeeping(&mut self) -> Result<Option<Duration>, crate::dataplane::DataplaneError> {
+        let mut rounds = self.rounds.lock().unwrap();
+        rounds.push(Instant::now());
+        Ok((rounds.len() < 3).then_some(Duration::from_secs(1)))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn housekeeping_runs_after_a_sync_until_the_dataplane_is_done() {
+    let rounds = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let agent = Agent::new(
+        Tracker::new(NodeContext::new("node-a")),
+        Draining { rounds: rounds.clone() },
+        SyncSettings::default(),
+    );
+    let (tx, rx) = mpsc::unbounded();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(agent.run(rx, async move {
+        let _ = stopped.await;
+    }));
+    let start = Instant::now();
+    for e in resets() {
+        tx.unbounded_send(e).unwrap();
+    }
+    sleep_ms(10_000).await;
+    let times: Vec<u64> = rounds.lock().unwrap().iter().map(|t| (*t - start).as_secs()).collect();
+    assert_eq!(
+        times,
+        [0, 1, 2],
+        "right after the first sync, then every second while it asks"
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
+}

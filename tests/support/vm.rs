@@ -308,3 +308,31 @@ impl Newc {
         self.buf
     }
 }
+
+/// The whole pattern of a VM test, in one place: inside the VM (the
+/// `SLICEPROXY_IN_VM` variable is set) run `scenario`; on the host, boot the
+/// VM with this very test binary selecting `test_name`, then require a
+/// console line `<prefix> <check> ok` for every check and a clean exit.
+pub fn run_checks(test_name: &str, prefix: &str, checks: &[&str], timeout: Duration, scenario: impl FnOnce()) {
+    if std::env::var_os("SLICEPROXY_IN_VM").is_some() {
+        scenario();
+        return;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let result = run(
+        &exe,
+        &["--exact", test_name, "--nocapture", "--test-threads=1"],
+        timeout,
+    );
+    let report = || format!("VM console:\n{}", result.console_output);
+    eprintln!("VM boot-to-poweroff: {:.2?}", result.elapsed);
+    for check in checks {
+        let ok = format!("{prefix} {check} ok");
+        assert!(
+            result.console_output.lines().any(|l| l.trim_end().ends_with(&ok)),
+            "missing `{ok}`\n{}",
+            report()
+        );
+    }
+    assert_eq!(result.exit_code, Some(0), "in-VM test binary failed\n{}", report());
+}

@@ -252,13 +252,22 @@ fn full_restore(
     out
 }
 
+/// The value after `name` in a rule's words ("" when absent).
+fn option(words: &[String], name: &str) -> String {
+    words
+        .windows(2)
+        .find(|w| w[0] == name)
+        .map(|w| w[1].clone())
+        .unwrap_or_default()
+}
+
 /// The jumps from built-in chains that are missing, judged from rules
 /// listed in `-S`/`iptables-save` form. A jump counts as present when a
 /// rule of that built-in chain jumps to our chain with our comment (the
 /// tools may print matches in another order than we wrote them).
 fn missing_jumps(listing: &str) -> Vec<rules::Jump> {
     let mut table: Option<Table> = None;
-    let mut present: BTreeSet<(Table, String, String)> = BTreeSet::new();
+    let mut present: BTreeSet<(Table, String, String, String)> = BTreeSet::new();
     for line in listing.lines() {
         // `*nat` in a save; `# table nat` marks our own `-S` listings.
         if let Some(t) = line.strip_prefix('*').or_else(|| line.strip_prefix("# table ")) {
@@ -274,33 +283,23 @@ fn missing_jumps(listing: &str) -> Vec<rules::Jump> {
         if words.first().map(String::as_str) != Some("-A") || words.len() < 2 {
             continue;
         }
-        let target = words
-            .windows(2)
-            .find(|w| w[0] == "-j")
-            .map(|w| w[1].clone())
-            .unwrap_or_default();
-        let comment = words
-            .windows(2)
-            .find(|w| w[0] == "--comment")
-            .map(|w| w[1].clone())
-            .unwrap_or_default();
-        present.insert((table, format!("{} {target}", words[1]), comment));
+        present.insert((
+            table,
+            words[1].clone(),
+            option(&words, "-j"),
+            option(&words, "--comment"),
+        ));
     }
     rules::jumps()
         .into_iter()
         .filter(|j| {
             let words = shell_words(&j.spec);
-            let target = words
-                .windows(2)
-                .find(|w| w[0] == "-j")
-                .map(|w| w[1].clone())
-                .unwrap_or_default();
-            let comment = words
-                .windows(2)
-                .find(|w| w[0] == "--comment")
-                .map(|w| w[1].clone())
-                .unwrap_or_default();
-            !present.contains(&(j.table, format!("{} {target}", j.from), comment))
+            !present.contains(&(
+                j.table,
+                j.from.to_string(),
+                option(&words, "-j"),
+                option(&words, "--comment"),
+            ))
         })
         .collect()
 }
