@@ -427,6 +427,10 @@ fn ipvs_dataplane(config: &Config) -> Result<Box<dyn Dataplane>, String> {
         scheduler: config.ipvs.effective_scheduler().to_string(),
         node_ports: Some(config.nodeport_addresses.clone()),
         exclude_cidrs: config.ipvs.exclude_cidrs.clone(),
+        strict_arp: config.ipvs.strict_arp,
+        tcp_timeout: config.ipvs.tcp_timeout,
+        tcp_fin_timeout: config.ipvs.tcp_fin_timeout,
+        udp_timeout: config.ipvs.udp_timeout,
         ..Default::default()
     };
     Ok(Box::new(IpvsDataplane::new(

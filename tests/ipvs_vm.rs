@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use sliceproxy::dataplane::ipvs::netlink::{
-    AddressFamily, ForwardMethod, IpvsClient, IpvsError, Protocol, RealServer, ServiceFlags, VirtualService,
+    AddressFamily, ForwardMethod, IpvsClient, IpvsError, Protocol, RealServer, ServiceFlags, Timeouts, VirtualService,
 };
 use support::vm;
 
@@ -34,31 +34,20 @@ const CHECKS: &[&str] = &[
     "delete_missing_service_is_not_found",
     "udp_sctp_ipv6_fwmark_services",
     "flush_empties",
+    "set_timeouts_reads_back",
+    "zero_timeout_leaves_kernel_value",
+    "out_of_range_timeout_is_einval",
 ];
 
 #[test]
 fn ipvs_netlink_client_against_real_kernel() {
-    if std::env::var_os("SLICEPROXY_IN_VM").is_some() {
-        in_vm::scenario();
-        return;
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let result = vm::run(
-        &exe,
-        &["--exact", TEST_NAME, "--nocapture", "--test-threads=1"],
+    vm::run_checks(
+        TEST_NAME,
+        "IPVS-CHECK",
+        CHECKS,
         Duration::from_secs(300),
+        in_vm::scenario,
     );
-    let report = || format!("VM console:\n{}", result.console_output);
-    eprintln!("VM boot-to-poweroff: {:.2?}", result.elapsed);
-    for check in CHECKS {
-        let ok = format!("IPVS-CHECK {check} ok");
-        assert!(
-            result.console_output.lines().any(|l| l.trim_end().ends_with(&ok)),
-            "missing `{ok}`\n{}",
-            report()
-        );
-    }
-    assert_eq!(result.exit_code, Some(0), "in-VM test binary failed\n{}", report());
 }
 
 mod in_vm {
@@ -181,5 +170,39 @@ mod in_vm {
         ipvs.flush().expect("flush");
         assert!(ipvs.list_services().expect("list").is_empty());
         ok("flush_empties");
+
+        let before = ipvs.get_timeouts().expect("get timeouts");
+        println!("IPVS timeouts at boot: {before}");
+        let set = Timeouts {
+            tcp: 3600,
+            tcp_fin: 61,
+            udp: 45,
+        };
+        ipvs.set_timeouts(&set).expect("set timeouts");
+        assert_eq!(ipvs.get_timeouts().expect("get timeouts"), set);
+        ok("set_timeouts_reads_back");
+        ipvs.set_timeouts(&Timeouts {
+            tcp: 0,
+            tcp_fin: 0,
+            udp: 77,
+        })
+        .expect("set udp only");
+        assert_eq!(
+            ipvs.get_timeouts().expect("get timeouts"),
+            Timeouts { udp: 77, ..set },
+            "0 leaves the kernel's value"
+        );
+        ok("zero_timeout_leaves_kernel_value");
+        // INT_MAX / HZ is the ceiling; u32::MAX is above it for any HZ.
+        match ipvs.set_timeouts(&Timeouts {
+            tcp: u32::MAX,
+            ..Timeouts::default()
+        }) {
+            Err(IpvsError::Kernel { errno: 22, .. }) => {}
+            other => panic!("out-of-range timeout: {other:?}"),
+        }
+        assert_eq!(ipvs.get_timeouts().expect("get timeouts").tcp, 3600, "unchanged");
+        ipvs.set_timeouts(&before).expect("restore timeouts");
+        ok("out_of_range_timeout_is_einval");
     }
 }

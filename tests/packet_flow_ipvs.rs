@@ -12,6 +12,9 @@
 //! which node-originated traffic never traverses (IPVS rewrites it in
 //! LOCAL_OUT first); pods reaching a Local-policy external frontend get the
 //! local endpoints only (no short-circuit to the cluster-wide set).
+//!
+//! The backend runs dual-stack (IPv4 + IPv6) with `strictARP` and non-zero
+//! timeouts, as `--ipvs-strict-arp --ipvs-tcp-timeout ...` would configure it.
 
 mod support;
 
@@ -24,6 +27,9 @@ const TEST_NAME: &str = "ipvs_packet_flow_in_vm";
 const CHECKS: &[&str] = &[
     "cluster_built",
     "full_sync",
+    "strict_arp_applied",
+    "strict_arp_no_arp_answer_for_service_ip",
+    "timeouts_applied",
     "pod_to_cluster_ip_keeps_source",
     "client_to_cluster_ip_masqueraded",
     "node_port_masqueraded",
@@ -35,6 +41,11 @@ const CHECKS: &[&str] = &[
     "other_port_of_service_ip_refused",
     "client_ip_affinity",
     "hairpin_masqueraded",
+    "udp_client_to_cluster_ip_masqueraded",
+    "udp_pod_to_cluster_ip_keeps_source",
+    "ipv6_pod_to_cluster_ip_keeps_source",
+    "ipv6_client_to_cluster_ip_masqueraded",
+    "dual_stack_ipv4_half",
     "partial_sync_one_message_path",
     "graceful_termination_keeps_connection",
     "drained_real_server_deleted",
@@ -43,27 +54,13 @@ const CHECKS: &[&str] = &[
 
 #[test]
 fn ipvs_packet_flow_in_vm() {
-    if std::env::var_os("SLICEPROXY_IN_VM").is_some() {
-        in_vm::scenario();
-        return;
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let result = vm::run(
-        &exe,
-        &["--exact", TEST_NAME, "--nocapture", "--test-threads=1"],
+    vm::run_checks(
+        TEST_NAME,
+        "IPVS-FLOW",
+        CHECKS,
         Duration::from_secs(600),
+        in_vm::scenario,
     );
-    let report = || format!("VM console:\n{}", result.console_output);
-    eprintln!("VM boot-to-poweroff: {:.2?}", result.elapsed);
-    for check in CHECKS {
-        let ok = format!("IPVS-FLOW {check} ok");
-        assert!(
-            result.console_output.lines().any(|l| l.trim_end().ends_with(&ok)),
-            "missing `{ok}`\n{}",
-            report()
-        );
-    }
-    assert_eq!(result.exit_code, Some(0), "in-VM test binary failed\n{}", report());
 }
 
 mod in_vm {
@@ -75,7 +72,7 @@ mod in_vm {
     use sliceproxy::dataplane::exec::HostExec;
     use sliceproxy::dataplane::iptables::rules::RuleConfig;
     use sliceproxy::dataplane::ipvs::link::{Links, RtLinks};
-    use sliceproxy::dataplane::ipvs::netlink::{IpvsClient, Protocol as NlProto, VirtualService};
+    use sliceproxy::dataplane::ipvs::netlink::{IpvsClient, Protocol as NlProto, Timeouts, VirtualService};
     use sliceproxy::dataplane::ipvs::{IpvsDataplane, IpvsDataplaneConfig, layout};
     use sliceproxy::dataplane::{Dataplane, SyncScope};
     use sliceproxy::model::IpFamily;
@@ -84,7 +81,7 @@ mod in_vm {
     use sliceproxy::watch::convert;
 
     use super::CHECKS;
-    use crate::support::netns::{Cluster, Family, Node, Outcome, Proto};
+    use crate::support::netns::{Cluster, Family, Node, Outcome, Proto, SERVICE_CIDR_V4, SERVICE_CIDR_V6};
 
     const ANSWER: Duration = Duration::from_secs(3);
     const SILENCE: Duration = Duration::from_millis(1500);
@@ -112,16 +109,28 @@ mod in_vm {
     }
 
     fn endpoints(t: &mut Tracker, name: &str, pods: &[(IpAddr, &str)]) -> ChangeSet {
+        slice(
+            t,
+            name,
+            "1",
+            json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+            pods,
+        )
+    }
+
+    /// One EndpointSlice `<name>-<suffix>`; the address type follows the pods'.
+    fn slice(t: &mut Tracker, name: &str, suffix: &str, ports: Value, pods: &[(IpAddr, &str)]) -> ChangeSet {
         let eps: Vec<Value> = pods
             .iter()
             .map(|(ip, node)| json!({"addresses": [ip.to_string()], "nodeName": node, "conditions": {"ready": true}}))
             .collect();
+        let v6 = pods.first().is_some_and(|(ip, _)| ip.is_ipv6());
         let obj = serde_json::from_value(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"namespace": "flow", "name": format!("{name}-1"), "resourceVersion": "1",
+            "metadata": {"namespace": "flow", "name": format!("{name}-{suffix}"), "resourceVersion": "1",
                          "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "addressType": if v6 { "IPv6" } else { "IPv4" },
+            "ports": ports,
             "endpoints": eps,
         }))
         .expect("slice object");
@@ -186,22 +195,33 @@ mod in_vm {
         let b1 = c.ip("b1", Family::V4);
         let node_a = c.ip("node-a", Family::V4);
         let client = c.ip("client", Family::V4);
+        let a1_6 = c.ip("a1", Family::V6);
+        let b1_6 = c.ip("b1", Family::V6);
+        let node_a6 = c.ip("node-a", Family::V6);
         ok("cluster_built");
 
         let (kernel, links) = sockets_in(c.netns_path("node-a"));
         let (mut probe_kernel, mut probe_links) = sockets_in(c.netns_path("node-a"));
         let cfg = IpvsDataplaneConfig {
-            families: vec![IpFamily::V4],
+            families: vec![IpFamily::V4, IpFamily::V6],
             rules: [
                 RuleConfig {
                     cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
                     masquerade_all: false,
                     node_port_addresses: vec![node_a],
                 },
-                RuleConfig::default(),
+                RuleConfig {
+                    cluster_cidrs: vec!["fd00:244::/32".parse().unwrap()],
+                    masquerade_all: false,
+                    node_port_addresses: vec![],
+                },
             ],
             scheduler: "rr".into(),
             graceful_timeout: Duration::from_secs(3),
+            strict_arp: true,
+            tcp_timeout: Duration::from_secs(3600),
+            tcp_fin_timeout: Duration::ZERO,
+            udp_timeout: Duration::from_secs(45),
             ..Default::default()
         };
         let mut dp = IpvsDataplane::new(
@@ -278,11 +298,71 @@ mod in_vm {
             None,
         );
         endpoints(&mut t, "hair", &[(a1, "node-a")]);
+        // UDP: port 53 -> the echo servers' 5353.
+        service(
+            &mut t,
+            "dns",
+            json!({"clusterIP": "10.96.0.53", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}),
+            None,
+        );
+        let dns_port = json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]);
+        slice(&mut t, "dns", "1", dns_port, &[(a1, "node-a")]);
+        // Dual-stack ClusterIP, a1 only (so that b1 -> it is not hairpin).
+        service(
+            &mut t,
+            "dual",
+            json!({"clusterIP": "10.96.0.60", "clusterIPs": ["10.96.0.60", "fd00:96::60"],
+                   "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"], "ports": port(80)}),
+            None,
+        );
+        let http = json!([{"name": "http", "port": 8080, "protocol": "TCP"}]);
+        slice(&mut t, "dual", "v4", http.clone(), &[(a1, "node-a")]);
+        slice(&mut t, "dual", "v6", http, &[(a1_6, "node-a")]);
 
         let stats = dp.sync(t.table(), &SyncScope::Full).expect("full sync");
         println!("full sync: {stats:?}");
         println!("{}", c.run("node-a", &["sysctl", "net.ipv4.vs.conntrack"]));
         ok("full_sync");
+
+        // strictARP: per-namespace sysctls, read back in node-a.
+        for (key, want) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+            let path = format!("/proc/sys/net/ipv4/conf/all/{key}");
+            assert_eq!(c.run("node-a", &["cat", &path]).trim(), want, "{key}");
+        }
+        ok("strict_arp_applied");
+        // node-b reaches the service range on-link (netns.rs): until now
+        // node-a answered ARP for every address on its dummy interface.
+        // With strictARP it does not, so nothing answers.
+        let got = c.probe("node-b", Proto::Tcp, sa("10.96.0.40:80"), SILENCE);
+        assert!(got.backend().is_none(), "service IP answered over ARP: {got:?}");
+        ok("strict_arp_no_arp_answer_for_service_ip");
+        // node-b runs no proxy of its own here: send its pods' service
+        // traffic to node-a's IPVS by route instead (IPv6 needs this anyway:
+        // ND answers only for addresses on the receiving interface).
+        c.run(
+            "node-b",
+            &["ip", "route", "replace", SERVICE_CIDR_V4, "via", &node_a.to_string()],
+        );
+        c.run(
+            "node-b",
+            &[
+                "ip",
+                "-6",
+                "route",
+                "replace",
+                SERVICE_CIDR_V6,
+                "via",
+                &node_a6.to_string(),
+            ],
+        );
+        // IPVS timeouts are per namespace too; tcpfin 0 kept the kernel's 120.
+        let want = Timeouts {
+            tcp: 3600,
+            tcp_fin: 120,
+            udp: 45,
+        };
+        assert_eq!(probe_kernel.get_timeouts().expect("get timeouts"), want);
+        ok("timeouts_applied");
 
         // Pod -> cluster IP: no masquerade.
         // (b1 -> a1 through a service whose only endpoint is a1; b1 reaching
@@ -355,6 +435,23 @@ mod in_vm {
         }
         ok("hairpin_masqueraded");
 
+        let got = c.probe("client", Proto::Udp, sa("10.96.0.53:53"), ANSWER);
+        expect_answer(got, &["a1"], node_a, "client -> UDP cluster IP");
+        ok("udp_client_to_cluster_ip_masqueraded");
+        let got = c.probe("b1", Proto::Udp, sa("10.96.0.53:53"), ANSWER);
+        expect_answer(got, &["a1"], b1, "b1 -> UDP cluster IP");
+        ok("udp_pod_to_cluster_ip_keeps_source");
+
+        let got = c.probe("b1", Proto::Tcp, sa("[fd00:96::60]:80"), ANSWER);
+        expect_answer(got, &["a1"], b1_6, "b1 -> IPv6 cluster IP");
+        ok("ipv6_pod_to_cluster_ip_keeps_source");
+        let got = c.probe("client", Proto::Tcp, sa("[fd00:96::60]:80"), ANSWER);
+        expect_answer(got, &["a1"], node_a6, "client -> IPv6 cluster IP");
+        ok("ipv6_client_to_cluster_ip_masqueraded");
+        let got = c.probe("client", Proto::Tcp, sa("10.96.0.60:80"), ANSWER);
+        expect_answer(got, &["a1"], node_a, "client -> dual-stack IPv4 cluster IP");
+        ok("dual_stack_ipv4_half");
+
         // Graceful termination: an established connection survives its real
         // server's removal; new connections go elsewhere.
         let mut conn = c.connect("client", sa("10.96.0.30:80"));
@@ -367,6 +464,8 @@ mod in_vm {
         assert_eq!(b1_rs.weight, 0, "{dests:?}");
         assert!(dests.iter().any(|d| d.addr == a1 && d.weight == 1), "{dests:?}");
         ok("partial_sync_one_message_path");
+        // The backend is driven directly here (no runner): tick() is what
+        // housekeeping() runs; the latter also says when to come back.
         dp.tick().expect("tick");
         let line = conn.ping().expect("ping while draining");
         assert!(line.starts_with("b1 "), "{line}");
@@ -374,6 +473,11 @@ mod in_vm {
         expect_answer(got, &["a1"], node_a, "new connection while draining");
         let dests = probe_kernel.list_destinations(&vs("10.96.0.30:80")).expect("list");
         assert!(dests.iter().any(|d| d.addr == b1), "kept while connected: {dests:?}");
+        assert_eq!(
+            dp.housekeeping().expect("housekeeping"),
+            Some(Duration::from_secs(1)),
+            "still draining: come back in a second"
+        );
         ok("graceful_termination_keeps_connection");
         drop(conn);
         std::thread::sleep(Duration::from_millis(3200));
@@ -383,6 +487,7 @@ mod in_vm {
             !dests.iter().any(|d| d.addr == b1),
             "deleted after the timeout: {dests:?}"
         );
+        assert_eq!(dp.housekeeping().expect("housekeeping"), None, "nothing left to drain");
         ok("drained_real_server_deleted");
 
         // Cleanup: foreign IPVS service, ipset and chain survive.

@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use super::netlink::{
-    AddressFamily, ForwardMethod, IpvsClient, IpvsError, Protocol, RealServer, Result, ServiceFlags, VirtualService,
+    AddressFamily, ForwardMethod, IpvsClient, IpvsError, Protocol, RealServer, Result, ServiceFlags, Timeouts,
+    VirtualService,
 };
 
 /// What the backend needs from IPVS. One call is one netlink request.
@@ -29,6 +30,10 @@ pub trait IpvsKernel: Send {
     fn edit_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()>;
     /// Remove a real server.
     fn delete_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()>;
+    /// Set the connection timeouts; a 0 field leaves that one unchanged.
+    fn set_timeouts(&mut self, timeouts: &Timeouts) -> Result<()>;
+    /// The current connection timeouts.
+    fn get_timeouts(&mut self) -> Result<Timeouts>;
 }
 
 impl IpvsKernel for IpvsClient {
@@ -55,6 +60,12 @@ impl IpvsKernel for IpvsClient {
     }
     fn delete_destination(&mut self, svc: &VirtualService, dest: &RealServer) -> Result<()> {
         IpvsClient::delete_destination(self, svc, dest)
+    }
+    fn set_timeouts(&mut self, timeouts: &Timeouts) -> Result<()> {
+        IpvsClient::set_timeouts(self, timeouts)
+    }
+    fn get_timeouts(&mut self) -> Result<Timeouts> {
+        IpvsClient::get_timeouts(self)
     }
 }
 
@@ -109,12 +120,35 @@ const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const EINVAL: i32 = 22;
 
-#[derive(Debug, Default)]
+/// The kernel's defaults (`tcp_timeouts[]`, `udp_timeouts[]` in ip_vs_proto_*.c).
+pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    tcp: 900,
+    tcp_fin: 120,
+    udp: 300,
+};
+
+/// `INT_MAX / HZ` for Debian's HZ=250: the largest timeout the kernel takes.
+const MAX_TIMEOUT: u32 = i32::MAX as u32 / 250;
+
+#[derive(Debug)]
 struct FakeState {
+    timeouts: Timeouts,
     services: BTreeMap<ServiceId, (VirtualService, Vec<RealServer>)>,
     messages: usize,
     log: Vec<String>,
     fail_next: Option<IpvsError>,
+}
+
+impl Default for FakeState {
+    fn default() -> Self {
+        FakeState {
+            timeouts: DEFAULT_TIMEOUTS,
+            services: BTreeMap::new(),
+            messages: 0,
+            log: Vec::new(),
+            fail_next: None,
+        }
+    }
 }
 
 /// A strict in-memory IPVS table. Clones share the table, so a test can
@@ -178,6 +212,11 @@ impl FakeIpvs {
             }
             None => false,
         }
+    }
+
+    /// The connection timeouts as the table holds them (no message counted).
+    pub fn timeouts(&self) -> Timeouts {
+        self.st().timeouts
     }
 
     /// Insert a service directly (foreign state, or drift), bypassing counters.
@@ -245,6 +284,30 @@ fn validate_dest(svc: &VirtualService, d: &RealServer) -> Result<()> {
 }
 
 impl IpvsKernel for FakeIpvs {
+    fn set_timeouts(&mut self, t: &Timeouts) -> Result<()> {
+        let mut s = self.begin(format!("set_timeouts {} {} {}", t.tcp, t.tcp_fin, t.udp))?;
+        if [t.tcp, t.tcp_fin, t.udp].iter().any(|v| *v > MAX_TIMEOUT) {
+            return Err(IpvsError::from_errno(EINVAL));
+        }
+        // Zero keeps the current value, as in ip_vs_set_timeout.
+        let cur = &mut s.timeouts;
+        for (new, old) in [
+            (t.tcp, &mut cur.tcp),
+            (t.tcp_fin, &mut cur.tcp_fin),
+            (t.udp, &mut cur.udp),
+        ] {
+            if new != 0 {
+                *old = new;
+            }
+        }
+        Ok(())
+    }
+
+    fn get_timeouts(&mut self) -> Result<Timeouts> {
+        let s = self.begin("get_timeouts".into())?;
+        Ok(s.timeouts)
+    }
+
     fn list_services(&mut self) -> Result<Vec<VirtualService>> {
         let s = self.begin("list_services".into())?;
         Ok(s.services

@@ -12,6 +12,11 @@
 //! its connections drain or [`IpvsDataplaneConfig::graceful_timeout`]
 //! passes (checked on every full sync and by [`IpvsDataplane::tick`]); a UDP
 //! real server is deleted at once.
+//!
+//! The first full sync also applies KubeProxyConfiguration's `ipvs` knobs
+//! like kube-proxy's IPVS proxier does at start: `strictARP` as the
+//! `arp_ignore`/`arp_announce` sysctls, and the non-zero TCP, TCP-FIN and
+//! UDP connection timeouts (`ipvsadm --set`).
 
 pub mod kernel;
 pub mod layout;
@@ -28,7 +33,7 @@ use ipnet::IpNet;
 use self::kernel::IpvsKernel;
 use self::layout::{LayoutConfig, PortLayout, SetEntry, VirtualServer, VsKey};
 use self::link::Links;
-use self::netlink::{ForwardMethod, IpvsError, RealServer, ServiceFlags, VirtualService};
+use self::netlink::{ForwardMethod, IpvsError, RealServer, ServiceFlags, Timeouts, VirtualService};
 use super::exec::Exec;
 use super::iptables::rules::RuleConfig;
 use super::iptables::{Tools, Variant};
@@ -59,6 +64,30 @@ pub struct IpvsDataplaneConfig {
     pub exclude_cidrs: Vec<IpNet>,
     /// Set the `net.ipv4.vs.*` sysctls IPVS mode needs (conntrack, expire_nodest_conn).
     pub set_sysctls: bool,
+    /// `--ipvs-strict-arp`: also set `net.ipv4.conf.all.arp_ignore=1` and
+    /// `arp_announce=2` (with `set_sysctls`), so that the service addresses
+    /// on the dummy interface are neither answered for nor announced in ARP.
+    pub strict_arp: bool,
+    /// `--ipvs-tcp-timeout`: idle established TCP connections; zero leaves
+    /// the kernel's value. Whole seconds (sub-second parts are dropped).
+    pub tcp_timeout: Duration,
+    /// `--ipvs-tcpfin-timeout`: TCP connections after a FIN; zero leaves the kernel's value.
+    pub tcp_fin_timeout: Duration,
+    /// `--ipvs-udp-timeout`: UDP "connections"; zero leaves the kernel's value.
+    pub udp_timeout: Duration,
+}
+
+impl IpvsDataplaneConfig {
+    /// The timeouts to send, in seconds; 0 (also for a sub-second duration)
+    /// means "leave the kernel's value", which is what the kernel does with 0.
+    pub fn timeouts(&self) -> Timeouts {
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        Timeouts {
+            tcp: secs(self.tcp_timeout),
+            tcp_fin: secs(self.tcp_fin_timeout),
+            udp: secs(self.udp_timeout),
+        }
+    }
 }
 
 impl Default for IpvsDataplaneConfig {
@@ -73,6 +102,10 @@ impl Default for IpvsDataplaneConfig {
             graceful_timeout: Duration::from_secs(15 * 60),
             exclude_cidrs: Vec::new(),
             set_sysctls: true,
+            strict_arp: false,
+            tcp_timeout: Duration::ZERO,
+            tcp_fin_timeout: Duration::ZERO,
+            udp_timeout: Duration::ZERO,
         }
     }
 }
@@ -99,6 +132,7 @@ pub struct IpvsDataplane {
     draining: BTreeMap<(VsKey, SocketAddr), Instant>,
     initialized: bool,
     sysctls_done: bool,
+    timeouts_done: bool,
 }
 
 fn err(tool: &'static str, e: impl std::fmt::Display) -> DataplaneError {
@@ -263,6 +297,7 @@ impl IpvsDataplane {
             draining: BTreeMap::new(),
             initialized: false,
             sysctls_done: false,
+            timeouts_done: false,
         }
     }
 
@@ -371,16 +406,49 @@ impl IpvsDataplane {
         }
         // Netfilter must see IPVS connections for masquerading and hairpin
         // (upstream sets the same); connections to deleted real servers expire.
-        let args = [
+        let mut args = vec![
             "-w",
             "net.ipv4.vs.conntrack=1",
             "net.ipv4.vs.expire_nodest_conn=1",
             "net.ipv4.vs.expire_quiescent_template=1",
         ];
+        if self.cfg.strict_arp {
+            // Every service address sits on our dummy interface, so with the
+            // default arp_ignore=0 the node answers ARP for all of them on
+            // every link (and announces them as sources with arp_announce=0),
+            // stealing LoadBalancer IPs from e.g. MetalLB's speaker. `all` is
+            // max()ed with each interface's value, so it covers every link.
+            args.extend(["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"]);
+        }
         match self.exec.run("sysctl", &args, b"") {
-            Ok(o) if o.success => self.sysctls_done = true,
+            Ok(o) if o.success => {
+                self.sysctls_done = true;
+                tracing::info!(strict_arp = self.cfg.strict_arp, "sysctl {}", args[1..].join(" "));
+            }
             Ok(o) => tracing::warn!("sysctl {}: {}", args.join(" "), o.stderr_text()),
             Err(e) => tracing::warn!("cannot run sysctl: {e}"),
+        }
+    }
+
+    /// `ipvsadm --set`, once, like kube-proxy at start. The timeouts are
+    /// global to the network namespace (not per service), so there is no
+    /// drift to repair; a refusal (EINVAL: above INT_MAX/HZ) is logged and
+    /// not retried, as a restart would not change the answer either.
+    fn set_timeouts(&mut self) {
+        if self.timeouts_done {
+            return;
+        }
+        self.timeouts_done = true;
+        let want = self.cfg.timeouts();
+        if want == Timeouts::default() {
+            return;
+        }
+        match self.kernel.set_timeouts(&want) {
+            Ok(()) => match self.kernel.get_timeouts() {
+                Ok(now) => tracing::info!(requested = %want, kernel = %now, "IPVS timeouts set (0 = unchanged)"),
+                Err(e) => tracing::info!(requested = %want, "IPVS timeouts set (0 = unchanged); reading back: {e}"),
+            },
+            Err(e) => tracing::warn!(requested = %want, "cannot set IPVS timeouts: {e}"),
         }
     }
 
@@ -574,6 +642,7 @@ impl IpvsDataplane {
             .unwrap_or_default();
         self.refresh_node_port_addresses(&dummy)?;
         self.set_sysctls();
+        self.set_timeouts();
 
         let desired: HashMap<ServicePortKey, PortLayout> = table
             .plans()
@@ -859,6 +928,13 @@ impl Dataplane for IpvsDataplane {
         }
         stats.duration = start.elapsed();
         Ok(stats)
+    }
+
+    fn housekeeping(&mut self) -> Result<Option<std::time::Duration>, DataplaneError> {
+        self.tick()?;
+        // Connection counts only move with traffic: a second is prompt
+        // enough to free a drained real server, and cheap (one dump).
+        Ok((!self.draining.is_empty()).then_some(std::time::Duration::from_secs(1)))
     }
 
     fn cleanup(&mut self) -> Result<(), DataplaneError> {

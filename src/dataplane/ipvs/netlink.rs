@@ -30,6 +30,11 @@
 //!   families are only allowed for tunnel forwarding.
 //! - The kernel does not set `NLA_F_NESTED` on the nests it sends, but accepts
 //!   (and libnl sends) nests with it.
+//! - `SET_CONFIG` timeouts: 0 means "leave this one alone" (the kernel reads
+//!   the current values, overlays the attributes, and applies only non-zero
+//!   ones); a value above `INT_MAX / HZ` seconds is `EINVAL`. `GET_CONFIG`
+//!   answers with a message whose genl command is `SET_CONFIG`, and omits
+//!   the TCP or UDP attributes when that protocol is not compiled in.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -61,6 +66,8 @@ mod cmd {
     pub const SET_DEST: u8 = 6;
     pub const DEL_DEST: u8 = 7;
     pub const GET_DEST: u8 = 8;
+    pub const SET_CONFIG: u8 = 12;
+    pub const GET_CONFIG: u8 = 13;
     pub const GET_INFO: u8 = 15;
     pub const FLUSH: u8 = 17;
 }
@@ -69,6 +76,9 @@ mod cmd {
 mod cmd_attr {
     pub const SERVICE: u16 = 1;
     pub const DEST: u16 = 2;
+    pub const TIMEOUT_TCP: u16 = 4;
+    pub const TIMEOUT_TCP_FIN: u16 = 5;
+    pub const TIMEOUT_UDP: u16 = 6;
 }
 
 /// `IPVS_SVC_ATTR_*`: inside the `IPVS_CMD_ATTR_SERVICE` nest.
@@ -551,6 +561,26 @@ impl IpvsInfo {
     }
 }
 
+/// The connection timeouts of `ipvsadm --set tcp tcpfin udp`, in seconds:
+/// idle established TCP, TCP after FIN, and UDP. In a request 0 leaves the
+/// kernel's value unchanged; in a reply 0 means the kernel reported nothing
+/// (that protocol is not compiled in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timeouts {
+    /// `IPVS_CMD_ATTR_TIMEOUT_TCP` (established TCP; kernel default 900).
+    pub tcp: u32,
+    /// `IPVS_CMD_ATTR_TIMEOUT_TCP_FIN` (TCP FIN_WAIT; kernel default 120).
+    pub tcp_fin: u32,
+    /// `IPVS_CMD_ATTR_TIMEOUT_UDP` (kernel default 300).
+    pub udp: u32,
+}
+
+impl std::fmt::Display for Timeouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tcp {}s tcpfin {}s udp {}s", self.tcp, self.tcp_fin, self.udp)
+    }
+}
+
 /// One IPVS request, before framing. [`encode_request`] turns it into the
 /// exact bytes sent to the kernel.
 #[derive(Debug, Clone, Copy)]
@@ -577,6 +607,10 @@ pub enum Request<'a> {
     DeleteDestination(&'a VirtualService, &'a RealServer),
     /// `IPVS_CMD_FLUSH`: delete every service.
     Flush,
+    /// `IPVS_CMD_SET_CONFIG` with the three timeouts.
+    SetTimeouts(Timeouts),
+    /// `IPVS_CMD_GET_CONFIG`.
+    GetTimeouts,
 }
 
 impl Request<'_> {
@@ -856,6 +890,18 @@ pub fn encode_request(family_id: u16, seq: u32, port: u32, request: &Request<'_>
             (cmd::DEL_DEST, vec![service_request_nest(svc), dest_request_nest(dest)])
         }
         Request::Flush => (cmd::FLUSH, vec![]),
+        // All three, zeros included, as ipvsadm sends them: the kernel
+        // skips zeros itself (see the module docs), so omitting them would
+        // mean the same and only differ in bytes.
+        Request::SetTimeouts(t) => (
+            cmd::SET_CONFIG,
+            vec![
+                Attr::U32(cmd_attr::TIMEOUT_TCP, t.tcp),
+                Attr::U32(cmd_attr::TIMEOUT_TCP_FIN, t.tcp_fin),
+                Attr::U32(cmd_attr::TIMEOUT_UDP, t.udp),
+            ],
+        ),
+        Request::GetTimeouts => (cmd::GET_CONFIG, vec![]),
     };
     let genl = GenlMessage::new(
         GenlHeader {
@@ -1180,6 +1226,25 @@ fn decode_info(messages: &[ReplyMessage]) -> Result<IpvsInfo> {
     })
 }
 
+/// Decode a `GET_CONFIG` reply (top-level attributes, like `GET_INFO`).
+fn decode_timeouts(messages: &[ReplyMessage]) -> Result<Timeouts> {
+    let msg = data_messages(messages)
+        .next()
+        .ok_or(IpvsError::UnexpectedReply("GET_CONFIG without data"))?;
+    // The kernel answers GET_CONFIG with cmd SET_CONFIG (ip_vs_genl_get_cmd).
+    if msg.cmd != cmd::SET_CONFIG {
+        return Err(IpvsError::UnexpectedReply("GET_CONFIG answered with another command"));
+    }
+    let t = AttrTable::parse(&msg.attrs)?;
+    Ok(Timeouts {
+        tcp: t.u32(cmd_attr::TIMEOUT_TCP, "IPVS_CMD_ATTR_TIMEOUT_TCP")?.unwrap_or(0),
+        tcp_fin: t
+            .u32(cmd_attr::TIMEOUT_TCP_FIN, "IPVS_CMD_ATTR_TIMEOUT_TCP_FIN")?
+            .unwrap_or(0),
+        udp: t.u32(cmd_attr::TIMEOUT_UDP, "IPVS_CMD_ATTR_TIMEOUT_UDP")?.unwrap_or(0),
+    })
+}
+
 /// Decode the `CTRL_CMD_NEWFAMILY` reply to a family lookup.
 fn decode_family_id(messages: &[ReplyMessage]) -> Result<u16> {
     let msg = data_messages(messages)
@@ -1296,6 +1361,18 @@ impl IpvsClient {
     /// Delete every virtual service.
     pub fn flush(&mut self) -> Result<()> {
         self.exchange(&Request::Flush).map(drop)
+    }
+
+    /// Set the connection timeouts (`ipvsadm --set`); a 0 field leaves that
+    /// timeout as it is. A value above `INT_MAX / HZ` seconds (about 99 days
+    /// at HZ=250) is refused with [`IpvsError::Kernel`] (`EINVAL`).
+    pub fn set_timeouts(&mut self, timeouts: &Timeouts) -> Result<()> {
+        self.exchange(&Request::SetTimeouts(*timeouts)).map(drop)
+    }
+
+    /// The kernel's current connection timeouts (`ipvsadm -L --timeout`).
+    pub fn get_timeouts(&mut self) -> Result<Timeouts> {
+        decode_timeouts(&self.exchange(&Request::GetTimeouts)?)
     }
 
     /// Send one request and collect its reply messages up to the final ACK,
@@ -1780,6 +1857,95 @@ mod tests {
             decode_inet_addr(&inet_addr_bytes(&v6), AddressFamily::Inet6, "x").unwrap(),
             v6
         );
+    }
+
+    #[test]
+    fn set_timeouts_request_matches_ipvsadm() {
+        let captured = load(include_str!("testdata/set_config_timeouts.hex"));
+        let c = ipvs_exchange(&captured, cmd::SET_CONFIG);
+        let t = Timeouts {
+            tcp: 900,
+            tcp_fin: 120,
+            udp: 300,
+        };
+        assert_request(c, Request::SetTimeouts(t));
+        outcome(c).unwrap();
+    }
+
+    #[test]
+    fn get_timeouts_request_and_reply_match_the_kernel() {
+        let captured = load(include_str!("testdata/get_config_timeouts.hex"));
+        let c = ipvs_exchange(&captured, cmd::GET_CONFIG);
+        assert_request(c, Request::GetTimeouts);
+        let got = decode_timeouts(&messages(c)).unwrap();
+        let want = Timeouts {
+            tcp: 900,
+            tcp_fin: 120,
+            udp: 300,
+        };
+        assert_eq!(got, want);
+        // Re-encode the reply in the kernel's layout: same bytes. (ipvsadm
+        // stopped reading after the data, so the capture lacks the ACK.)
+        let mut header = NetlinkHeader::default();
+        header.flags = 0;
+        let attrs = vec![
+            Attr::U32(cmd_attr::TIMEOUT_TCP, got.tcp),
+            Attr::U32(cmd_attr::TIMEOUT_TCP_FIN, got.tcp_fin),
+            Attr::U32(cmd_attr::TIMEOUT_UDP, got.udp),
+        ];
+        let genl = GenlMessage::new(
+            GenlHeader {
+                cmd: cmd::SET_CONFIG,
+                version: IPVS_GENL_VERSION,
+            },
+            IpvsCommand {
+                cmd: cmd::SET_CONFIG,
+                attrs,
+            },
+            IPVS_FAMILY_ID,
+        );
+        assert_eq!(hexstr(&frame(header, genl)), hexstr(&normalize(c.replies[0].clone())));
+    }
+
+    #[test]
+    fn timeouts_decode_errors_are_typed() {
+        let reply = |cmd: u8, attrs: Vec<Attr>| {
+            let mut a = vec![0u8; attrs.as_slice().buffer_len()];
+            attrs.as_slice().emit(&mut a);
+            vec![ReplyMessage::Data(IpvsReply { cmd, attrs: a }), ReplyMessage::Ack]
+        };
+        // A kernel without UDP support omits that attribute: 0, not an error.
+        let partial = reply(
+            cmd::SET_CONFIG,
+            vec![
+                Attr::U32(cmd_attr::TIMEOUT_TCP, 7),
+                Attr::U32(cmd_attr::TIMEOUT_TCP_FIN, 8),
+            ],
+        );
+        assert_eq!(
+            decode_timeouts(&partial).unwrap(),
+            Timeouts {
+                tcp: 7,
+                tcp_fin: 8,
+                udp: 0
+            }
+        );
+        let short = reply(cmd::SET_CONFIG, vec![Attr::U16(cmd_attr::TIMEOUT_UDP, 1)]);
+        assert!(matches!(
+            decode_timeouts(&short),
+            Err(IpvsError::BadAttribute {
+                attribute: "IPVS_CMD_ATTR_TIMEOUT_UDP",
+                len: 2
+            })
+        ));
+        assert!(matches!(
+            decode_timeouts(&[ReplyMessage::Ack]),
+            Err(IpvsError::UnexpectedReply(_))
+        ));
+        assert!(matches!(
+            decode_timeouts(&reply(cmd::GET_INFO, vec![])),
+            Err(IpvsError::UnexpectedReply(_))
+        ));
     }
 
     #[test]

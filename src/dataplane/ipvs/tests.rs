@@ -538,3 +538,82 @@ fn render_is_deterministic() {
     assert_eq!(a, IpvsDataplane::render_full(t.table(), IpFamily::V4, &cfg));
     assert!(a.contains("-A TCP 10.96.0.10:80 -s rr"), "{a}");
 }
+
+fn rig_with(cfg: impl FnOnce(&mut IpvsDataplaneConfig)) -> Rig {
+    let mut r = rig();
+    cfg(&mut r.dp.cfg);
+    r
+}
+
+#[test]
+fn non_zero_timeouts_are_applied_once_at_the_first_full_sync() {
+    let mut r = rig_with(|c| {
+        c.tcp_timeout = Duration::from_secs(3600);
+        c.udp_timeout = Duration::from_millis(45_900);
+    });
+    let t = tracker();
+    r.dp.sync(t.table(), &SyncScope::Full).unwrap();
+    // tcpfin 0 leaves the kernel's 120; sub-second parts are dropped.
+    assert!(
+        r.kernel.log().contains(&"set_timeouts 3600 0 45".to_string()),
+        "{:?}",
+        r.kernel.log()
+    );
+    assert_eq!(
+        r.kernel.timeouts(),
+        Timeouts {
+            tcp: 3600,
+            tcp_fin: 120,
+            udp: 45
+        }
+    );
+    r.kernel.reset_counters();
+    r.dp.sync(t.table(), &SyncScope::Full).unwrap();
+    assert!(
+        !r.kernel.log().iter().any(|l| l.contains("timeouts")),
+        "{:?}",
+        r.kernel.log()
+    );
+}
+
+#[test]
+fn zero_timeouts_send_nothing_and_a_refusal_does_not_fail_the_sync() {
+    let mut r = rig();
+    let t = tracker();
+    r.dp.sync(t.table(), &SyncScope::Full).unwrap();
+    assert!(!r.kernel.log().iter().any(|l| l.contains("timeouts")));
+    assert_eq!(r.kernel.timeouts(), kernel::DEFAULT_TIMEOUTS);
+
+    // Above INT_MAX/HZ: the kernel says EINVAL; logged, the sync goes on.
+    let mut r = rig_with(|c| c.tcp_fin_timeout = Duration::from_secs(100 * 24 * 3600));
+    r.dp.sync(t.table(), &SyncScope::Full).unwrap();
+    assert_eq!(r.kernel.timeouts(), kernel::DEFAULT_TIMEOUTS);
+    assert_eq!(dests_of(&r.kernel, "10.96.0.10:80").len(), 2);
+}
+
+#[test]
+fn strict_arp_sets_arp_ignore_and_arp_announce_with_the_vs_sysctls() {
+    let sysctl_args = |r: &Rig| -> Vec<String> {
+        let calls = r.exec.calls.lock().unwrap();
+        let c = calls.iter().find(|c| c.0 == "sysctl").expect("sysctl called");
+        c.1.clone()
+    };
+    let t = tracker();
+    let mut r = rig();
+    r.dp.sync(t.table(), &SyncScope::Full).unwrap();
+    assert!(!sysctl_args(&r).iter().any(|a| a.contains("arp_")));
+
+    let mut r = rig_with(|c| c.strict_arp = true);
+    r.dp.sync(t.table(), &SyncScope::Full).unwrap();
+    let args = sysctl_args(&r);
+    assert!(args.contains(&"net.ipv4.conf.all.arp_ignore=1".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"net.ipv4.conf.all.arp_announce=2".to_string()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"net.ipv4.vs.conntrack=1".to_string()), "{args:?}");
+    // Once applied, not repeated.
+    r.exec.clear();
+    r.dp.sync(t.table(), &SyncScope::Full).unwrap();
+    assert_eq!(r.exec.count("sysctl"), 0);
+}
