@@ -206,22 +206,16 @@ fn agent_command(flags: ProxyFlags) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let mut dataplane = match dataplane_for(&config) {
+    if config.cleanup {
+        return cleanup_every_mode(&config);
+    }
+    let dataplane = match dataplane_for(&config) {
         Ok(d) => d,
         Err(message) => {
             eprintln!("sliceproxy: {message}");
             return ExitCode::FAILURE;
         }
     };
-    if config.cleanup {
-        return match dataplane.cleanup() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sliceproxy --cleanup: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -326,6 +320,23 @@ async fn live_snapshot(
         pods,
         ..Snapshot::default()
     })
+}
+
+/// `--cleanup`: like kube-proxy's, remove what any mode created, whatever
+/// `--proxy-mode` says, so a node that switches modes keeps nothing stale.
+/// IPVS first: its jumps from the built-in chains lead to its own chains,
+/// which the iptables mode's cleanup must not find still referenced.
+fn cleanup_every_mode(config: &Config) -> ExitCode {
+    let mut failed = false;
+    for mode in [ProxyMode::Ipvs, ProxyMode::Iptables] {
+        let mode_config = Config { mode, ..config.clone() };
+        let result = dataplane_for(&mode_config).and_then(|mut d| d.cleanup().map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            eprintln!("sliceproxy --cleanup ({mode}): {e}");
+            failed = true;
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 /// Rule settings of one family.

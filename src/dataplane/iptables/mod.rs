@@ -400,7 +400,8 @@ fn our_chains(save: &str) -> BTreeMap<Table, BTreeSet<String>> {
             };
         } else if let (Some(t), Some(rest)) = (table, line.strip_prefix(':')) {
             let name = rest.split_whitespace().next().unwrap_or("");
-            if name.starts_with(rules::PREFIX) {
+            // SP-IPVS-* chains belong to the IPVS mode's small iptables layer.
+            if name.starts_with(rules::PREFIX) && !name.starts_with("SP-IPVS-") {
                 out.entry(t).or_default().insert(name.to_string());
             }
         }

@@ -503,3 +503,18 @@ fn full_sync_restores_a_deleted_jump_without_duplicating_the_others() {
         "no full save after the first sync"
     );
 }
+
+#[test]
+fn chains_of_the_ipvs_mode_are_not_taken_for_stale_ones() {
+    let t = cluster(2);
+    let (mut b, mut fake) = backend();
+    let ipvs_layer = b"*nat\n:SP-IPVS-SERVICES - [0:0]\n-A PREROUTING -j SP-IPVS-SERVICES\nCOMMIT\n";
+    assert!(
+        fake.run("iptables-restore", &["--noflush"], ipvs_layer)
+            .unwrap()
+            .success
+    );
+    b.sync(t.table(), &SyncScope::Full)
+        .expect("a referenced SP-IPVS chain must not be deleted");
+    assert!(fake.rules("nat", "SP-IPVS-SERVICES").is_some());
+}
