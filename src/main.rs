@@ -357,29 +357,34 @@ fn rule_config(config: &Config, family: IpFamily, node_port_addresses: &[IpAddr]
     }
 }
 
+/// The families to program: those the cluster CIDRs name; without them,
+/// IPv4 and, where the IPv6 tools work, IPv6 (a node without IPv6 has
+/// nothing to program there).
+fn families_for(config: &Config, exec: &mut HostExec, variant: iptables::Variant) -> Vec<IpFamily> {
+    let mut families: Vec<IpFamily> = config.cluster_cidrs.iter().map(|c| IpFamily::of(&c.addr())).collect();
+    families.sort();
+    families.dedup();
+    if families.is_empty() {
+        families.push(IpFamily::V4);
+        let v6 = iptables::Tools::new(IpFamily::V6, variant);
+        if exec
+            .run(&v6.save, &["-t", "nat"], b"")
+            .map(|o| o.success)
+            .unwrap_or(false)
+        {
+            families.push(IpFamily::V6);
+        }
+    }
+    families
+}
+
 /// The dataplane for the configured mode.
 fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, String> {
     match config.mode {
         ProxyMode::Iptables => {
             let mut exec = HostExec::new();
             let variant = iptables::detect_variant(&mut exec);
-            // Program the families the cluster CIDRs name; without them, both
-            // families where the IPv6 tools work (a node without IPv6 has
-            // nothing to program there).
-            let mut families: Vec<IpFamily> = config.cluster_cidrs.iter().map(|c| IpFamily::of(&c.addr())).collect();
-            families.sort();
-            families.dedup();
-            if families.is_empty() {
-                families.push(IpFamily::V4);
-                let v6 = iptables::Tools::new(IpFamily::V6, variant);
-                if exec
-                    .run(&v6.save, &["-t", "nat"], b"")
-                    .map(|o| o.success)
-                    .unwrap_or(false)
-                {
-                    families.push(IpFamily::V6);
-                }
-            }
+            let families = families_for(config, &mut exec, variant);
             tracing::info!(?variant, ?families, "iptables mode");
             let cfg = IptablesConfig {
                 families,
@@ -405,12 +410,7 @@ fn ipvs_dataplane(config: &Config) -> Result<Box<dyn Dataplane>, String> {
     use sliceproxy::dataplane::ipvs::{IpvsDataplane, IpvsDataplaneConfig, kernel::FakeIpvs, link::RtLinks};
     let mut exec = HostExec::new();
     let variant = iptables::detect_variant(&mut exec);
-    let mut families: Vec<IpFamily> = config.cluster_cidrs.iter().map(|c| IpFamily::of(&c.addr())).collect();
-    families.sort();
-    families.dedup();
-    if families.is_empty() {
-        families.push(IpFamily::V4);
-    }
+    let families = families_for(config, &mut exec, variant);
     let kernel: Box<dyn sliceproxy::dataplane::ipvs::kernel::IpvsKernel> =
         match sliceproxy::dataplane::ipvs::netlink::IpvsClient::connect() {
             Ok(c) => Box::new(c),

@@ -169,14 +169,7 @@ impl BackendTable {
             }),
         };
         if edit(entry) {
-            let plan = entry
-                .service
-                .as_ref()
-                .map(|info| policy::plan(info, &entry.endpoints, node));
-            if plan != entry.plan {
-                entry.plan = plan;
-                changes.insert(key.clone());
-            }
+            replan(key, entry, node, changes);
         }
         // An entry with neither half is dropped, also when the edit found
         // nothing to change (a slice port with no endpoints and no Service).
@@ -188,15 +181,20 @@ impl BackendTable {
     /// Recompute every plan (the node's zone changed).
     fn replan_all(&mut self, node: &NodeContext, changes: &mut ChangeSet) {
         for (key, entry) in self.entries.iter_mut() {
-            let plan = entry
-                .service
-                .as_ref()
-                .map(|info| policy::plan(info, &entry.endpoints, node));
-            if plan != entry.plan {
-                entry.plan = plan;
-                changes.insert(key.clone());
-            }
+            replan(key, entry, node, changes);
         }
+    }
+}
+
+/// Recompute one entry's plan; record the key if it changed.
+fn replan(key: &ServicePortKey, entry: &mut Entry, node: &NodeContext, changes: &mut ChangeSet) {
+    let plan = entry
+        .service
+        .as_ref()
+        .map(|info| policy::plan(info, &entry.endpoints, node));
+    if plan != entry.plan {
+        entry.plan = plan;
+        changes.insert(key.clone());
     }
 }
 
