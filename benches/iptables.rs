@@ -10,7 +10,6 @@
 //! limits the sizes; `SLICEPROXY_BENCH_VARIANT=legacy|nft` picks the variant
 //! (default: both).
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -291,7 +290,6 @@ fn run_variant(c: &mut Criterion, variant: Variant, n: usize, report: &mut Vec<S
         ));
     }
     group.finish();
-    let _ = BTreeMap::<(), ()>::new();
 }
 
 fn main() {

@@ -113,7 +113,7 @@ pub struct Entry {
 impl StaleFlow {
     /// Whether an entry belongs to this flow.
     pub fn matches(&self, e: &Entry, local: &dyn Fn(&IpAddr) -> bool) -> bool {
-        let (proto, _) = self.parts();
+        let proto = self.protocol();
         if e.orig.proto != ip_proto(proto) {
             return false;
         }
@@ -125,9 +125,9 @@ impl StaleFlow {
         }
     }
 
-    fn parts(&self) -> (Protocol, ()) {
+    fn protocol(&self) -> Protocol {
         match self {
-            StaleFlow::ToEndpoint(p, _) | StaleFlow::ToFrontend(p, _) | StaleFlow::ToNodePort(p, _) => (*p, ()),
+            StaleFlow::ToEndpoint(p, _) | StaleFlow::ToFrontend(p, _) | StaleFlow::ToNodePort(p, _) => *p,
         }
     }
 }

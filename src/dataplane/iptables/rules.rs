@@ -389,15 +389,17 @@ pub fn render(plan: &PortPlan, family: IpFamily, cfg: &RuleConfig) -> PortRules 
     for ep in endpoints {
         let sep = endpoint_chain(key, family, &ep);
         let mut rules = vec![format!("{} -s {} -j {MARK_MASQ}", comment(&name), host(&ep.ip()))];
-        if let Some(t) = info.affinity_timeout_secs {
-            let _ = t;
-            rules.push(format!(
-                "{} -m recent --name {sep} --set {proto} -j DNAT --to-destination {ep}",
-                comment(&name)
-            ));
+        // With ClientIP affinity the endpoint records the client, so the
+        // service chain's `--rcheck` sends it back here within the timeout.
+        let remember = if info.affinity_timeout_secs.is_some() {
+            format!(" -m recent --name {sep} --set")
         } else {
-            rules.push(format!("{} {proto} -j DNAT --to-destination {ep}", comment(&name)));
-        }
+            String::new()
+        };
+        rules.push(format!(
+            "{}{remember} {proto} -j DNAT --to-destination {ep}",
+            comment(&name)
+        ));
         out.chains.push(OwnChain { name: sep, rules });
     }
     out.dispatch.sort();
