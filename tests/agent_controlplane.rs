@@ -195,7 +195,9 @@ async fn changes_converge_with_one_partial_sync_each() {
             .await
             .expect("patch Service");
     };
-    agent.expect_one_sync(&ns, &[metrics.clone()], bump_metrics).await;
+    agent
+        .expect_one_sync(&ns, std::slice::from_ref(&metrics), bump_metrics)
+        .await;
     assert_eq!(agent.programmed(&ns)[&metrics].info.port, 9191);
 
     // An unrelated label, and the same endpoints in another order: no sync.
@@ -247,7 +249,11 @@ async fn slice_moves_orphans_and_early_slices() {
         .await;
     // ...and join it when it arrives.
     agent
-        .expect_one_sync(&ns, &[http.clone()], objs.create_service("api", &[("http", 80)]))
+        .expect_one_sync(
+            &ns,
+            std::slice::from_ref(&http),
+            objs.create_service("api", &[("http", 80)]),
+        )
         .await;
     assert_eq!(
         endpoints_of(&agent.programmed(&ns), &http),
@@ -268,11 +274,15 @@ async fn slice_moves_orphans_and_early_slices() {
 
     // The Service goes while its slices stay; it comes back and finds them.
     agent
-        .expect_one_sync(&ns, &[http.clone()], objs.delete_service("api"))
+        .expect_one_sync(&ns, std::slice::from_ref(&http), objs.delete_service("api"))
         .await;
     assert!(agent.programmed(&ns).is_empty());
     agent
-        .expect_one_sync(&ns, &[http.clone()], objs.create_service("api", &[("http", 80)]))
+        .expect_one_sync(
+            &ns,
+            std::slice::from_ref(&http),
+            objs.create_service("api", &[("http", 80)]),
+        )
         .await;
     assert_eq!(
         endpoints_of(&agent.programmed(&ns), &http),

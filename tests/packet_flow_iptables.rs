@@ -97,7 +97,7 @@ fn check(cluster: &Cluster, row: &Row) -> Result<(), String> {
                     }
                     other => return Err(format!("expected an answer from {backends:?}, saw {other:?}")),
                 }
-                if seen.len() == backends.len() && seen.len() > 0 && backends.len() == 1 {
+                if seen.len() == backends.len() && !seen.is_empty() && backends.len() == 1 {
                     break;
                 }
             }

@@ -405,7 +405,7 @@ impl NetlinkConntrack {
             for r in parse_replies(&buf)? {
                 match r {
                     Reply::Error(0) => return Ok(true),
-                    Reply::Error(e) if e == -2 => return Ok(false), // ENOENT: expired meanwhile
+                    Reply::Error(-2) => return Ok(false), // ENOENT: expired meanwhile
                     Reply::Error(e) => return Err(ConntrackError::Kernel(e)),
                     _ => {}
                 }

@@ -165,7 +165,7 @@ pub fn topology_mode(endpoints: &[Endpoint], node: &NodeContext) -> TopologyMode
         any_ready = true;
         if e.node_hints.is_empty() {
             all_node_hints = false;
-        } else if e.node_hints.iter().any(|n| *n == node.node_name) {
+        } else if e.node_hints.contains(&node.node_name) {
             for_node = true;
         }
         if e.zone_hints.is_empty() {

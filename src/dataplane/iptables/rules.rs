@@ -281,16 +281,16 @@ pub fn render(plan: &PortPlan, family: IpFamily, cfg: &RuleConfig) -> PortRules 
             "{} {cip_match} -j {MARK_MASQ}",
             comment(&format!("{name} cluster IP"))
         ))
-    } else if let Some(cidr) = cfg.cluster_cidrs.first() {
+    } else {
         // Off-cluster sources to a cluster IP are SNATed so that replies come
         // back through this node (a static route to the service range may
         // point at any node).
-        Some(format!(
-            "{} {cip_match} ! -s {cidr} -j {MARK_MASQ}",
-            comment(&format!("{name} cluster IP"))
-        ))
-    } else {
-        None
+        cfg.cluster_cidrs.first().map(|cidr| {
+            format!(
+                "{} {cip_match} ! -s {cidr} -j {MARK_MASQ}",
+                comment(&format!("{name} cluster IP"))
+            )
+        })
     };
     if uses_cluster {
         let mut rules = Vec::new();
@@ -325,13 +325,11 @@ pub fn render(plan: &PortPlan, family: IpFamily, cfg: &RuleConfig) -> PortRules 
                 rules.push(format!("-j {svc}"));
             }
         } else {
-            if uses_cluster {
-                if let Some(cidr) = cfg.cluster_cidrs.first() {
-                    rules.push(format!(
-                        "{} -s {cidr} -j {svc}",
-                        comment(&format!("pod traffic for {name} external destinations"))
-                    ));
-                }
+            if uses_cluster && let Some(cidr) = cfg.cluster_cidrs.first() {
+                rules.push(format!(
+                    "{} -s {cidr} -j {svc}",
+                    comment(&format!("pod traffic for {name} external destinations"))
+                ));
             }
             rules.push(format!(
                 "{} -m addrtype --src-type LOCAL -j {MARK_MASQ}",
