@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use sliceproxy::dataplane::exec::{Exec, ExecOutput, HostExec};
-use sliceproxy::dataplane::iptables::rules::RuleConfig;
+use sliceproxy::dataplane::frontends::NodeSettings;
 use sliceproxy::dataplane::iptables::{IptablesConfig, IptablesDataplane, Tools, Variant};
 use sliceproxy::dataplane::{Dataplane, SyncScope};
 use sliceproxy::model::{Endpoint, IpFamily, Protocol, Service, ServiceKey, Slice, SliceEndpoint, SliceKey, SlicePort};
@@ -153,12 +153,8 @@ fn tracker(n: usize) -> Tracker {
     t
 }
 
-fn rule_config() -> RuleConfig {
-    RuleConfig {
-        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-        masquerade_all: false,
-        node_port_addresses: vec![],
-    }
+fn node_settings() -> NodeSettings {
+    NodeSettings::new(&["10.244.0.0/16".parse().unwrap()], false, &[])
 }
 
 fn backend(ns: &str, variant: Variant) -> (IptablesDataplane, Arc<Mutex<Vec<u8>>>) {
@@ -170,7 +166,7 @@ fn backend(ns: &str, variant: Variant) -> (IptablesDataplane, Arc<Mutex<Vec<u8>>
     let cfg = IptablesConfig {
         families: vec![IpFamily::V4],
         variant,
-        rules: [rule_config(), RuleConfig::default()],
+        settings: node_settings(),
         node_ports: None,
     };
     (IptablesDataplane::new(Box::new(exec), cfg), last)
@@ -195,7 +191,7 @@ fn run_variant(c: &mut Criterion, variant: Variant, n: usize, report: &mut Vec<S
     let start = Instant::now();
     let stats = dp.sync(t.table(), &SyncScope::Full).expect("cold full sync");
     let cold = start.elapsed();
-    let full_text = IptablesDataplane::render_full(t.table(), IpFamily::V4, &rule_config());
+    let full_text = IptablesDataplane::render_full(t.table(), IpFamily::V4, &node_settings());
     let raw_ns = Netns::new(&format!("{tag}-raw"));
     let raw_flush = raw_restore(&raw_ns.0, &tools.restore, &[], full_text.as_bytes());
     drop(raw_ns);

@@ -11,6 +11,7 @@ use sliceproxy::dataplane::Dataplane;
 use sliceproxy::dataplane::addresses;
 use sliceproxy::dataplane::conntrack::NetlinkConntrack;
 use sliceproxy::dataplane::exec::{Exec, HostExec};
+use sliceproxy::dataplane::frontends::NodeSettings;
 use sliceproxy::dataplane::iptables::{self, IptablesConfig, IptablesDataplane, rules::RuleConfig};
 use sliceproxy::model::IpFamily;
 use sliceproxy::policy::{MasqueradeConfig, NodeContext};
@@ -166,7 +167,14 @@ fn render_command(args: RenderArgs) -> ExitCode {
         };
         let rules = rule_config(&config, family, &opts.node_port_addresses);
         match config.mode {
-            ProxyMode::Iptables => print!("{}", IptablesDataplane::render_full(tracker.table(), family, &rules)),
+            ProxyMode::Iptables => print!(
+                "{}",
+                IptablesDataplane::render_full(
+                    tracker.table(),
+                    family,
+                    &node_settings(&config, &opts.node_port_addresses)
+                )
+            ),
             ProxyMode::Ipvs => print!(
                 "{}",
                 sliceproxy::dataplane::ipvs::IpvsDataplane::render_full(
@@ -339,7 +347,12 @@ fn cleanup_every_mode(config: &Config) -> ExitCode {
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
-/// Rule settings of one family.
+/// The node's settings.
+fn node_settings(config: &Config, node_port_addresses: &[IpAddr]) -> NodeSettings {
+    NodeSettings::new(&config.cluster_cidrs, config.masquerade_all, node_port_addresses)
+}
+
+/// The IPVS mode's rule settings of one family.
 fn rule_config(config: &Config, family: IpFamily, node_port_addresses: &[IpAddr]) -> RuleConfig {
     RuleConfig {
         cluster_cidrs: config
@@ -389,10 +402,7 @@ fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, String> {
             let cfg = IptablesConfig {
                 families,
                 variant,
-                rules: [
-                    rule_config(config, IpFamily::V4, &[]),
-                    rule_config(config, IpFamily::V6, &[]),
-                ],
+                settings: node_settings(config, &[]),
                 node_ports: Some(config.nodeport_addresses.clone()),
             };
             Ok(Box::new(IptablesDataplane::new(Box::new(exec), cfg)))

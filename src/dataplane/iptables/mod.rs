@@ -7,14 +7,15 @@
 pub mod fake;
 pub mod rules;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use rules::{DispatchRule, OwnChain, PortRules, RuleConfig, Table};
+use rules::{DispatchRule, OwnChain, PortRules, Table};
 
 use super::addresses;
 use super::exec::Exec;
+use super::frontends::{FrontendPlan, NodeSettings};
 use super::{Dataplane, DataplaneError, SyncScope, SyncStats};
 use crate::config::NodePortAddresses;
 use crate::model::{IpFamily, ServicePortKey};
@@ -94,7 +95,6 @@ pub fn detect_variant(exec: &mut dyn Exec) -> Variant {
 struct FamilyState {
     family: IpFamily,
     tools: Tools,
-    cfg: RuleConfig,
     /// What we last applied, per service port.
     applied: HashMap<ServicePortKey, PortRules>,
     /// Our chains that exist in the kernel, as far as we know.
@@ -109,6 +109,7 @@ struct FamilyState {
 pub struct IptablesDataplane {
     exec: Box<dyn Exec>,
     families: Vec<FamilyState>,
+    settings: NodeSettings,
     node_ports: Option<NodePortAddresses>,
 }
 
@@ -119,11 +120,11 @@ pub struct IptablesConfig {
     pub families: Vec<IpFamily>,
     /// Which iptables to drive.
     pub variant: Variant,
-    /// Per-family rule settings, `[v4, v6]`.
-    pub rules: [RuleConfig; 2],
+    /// The node's settings (cluster CIDRs, masquerade-all, node-port addresses).
+    pub settings: NodeSettings,
     /// When set, node-port addresses are the node's own addresses
     /// (re-read at every full sync, so changes are followed) filtered by
-    /// this setting; when unset, `rules[..].node_port_addresses` is used as given.
+    /// this setting; when unset, `settings`' node-port addresses are used as given.
     pub node_ports: Option<NodePortAddresses>,
 }
 
@@ -136,7 +137,6 @@ impl IptablesDataplane {
             .map(|&family| FamilyState {
                 family,
                 tools: Tools::new(family, config.variant),
-                cfg: config.rules[family.index()].clone(),
                 applied: HashMap::new(),
                 known_chains: BTreeMap::new(),
                 discover: true,
@@ -146,6 +146,7 @@ impl IptablesDataplane {
         IptablesDataplane {
             exec,
             families,
+            settings: config.settings,
             node_ports: config.node_ports,
         }
     }
@@ -155,24 +156,28 @@ impl IptablesDataplane {
         let Some(setting) = &self.node_ports else { return Ok(()) };
         let local = addresses::local_addresses(self.exec.as_mut()).map_err(DataplaneError::Other)?;
         let chosen = addresses::node_port_addresses(setting, &local);
-        for f in &mut self.families {
-            f.cfg.node_port_addresses = chosen.iter().filter(|a| IpFamily::of(a) == f.family).copied().collect();
-        }
+        self.settings.set_node_port_addresses(&chosen);
         Ok(())
     }
 
     /// The exact `iptables-restore` input a full sync writes for `family`.
-    pub fn render_full(table: &BackendTable, family: IpFamily, cfg: &RuleConfig) -> String {
-        let desired = desired(table, family, cfg);
-        full_restore(&desired, cfg, &BTreeMap::new(), &[])
+    pub fn render_full(table: &BackendTable, family: IpFamily, settings: &NodeSettings) -> String {
+        let desired = desired(table, family, settings);
+        full_restore(&desired, family, settings, &BTreeMap::new(), &[])
     }
 }
 
-fn desired(table: &BackendTable, family: IpFamily, cfg: &RuleConfig) -> BTreeMap<ServicePortKey, PortRules> {
+/// The rules of one service port in one family (none without a cluster IP there).
+fn port_rules(plan: &crate::policy::PortPlan, family: IpFamily, settings: &NodeSettings) -> Option<PortRules> {
+    FrontendPlan::new(plan, family, settings)
+        .map(|fp| rules::render(&fp))
+        .filter(|r| !r.dispatch.is_empty() || !r.chains.is_empty())
+}
+
+fn desired(table: &BackendTable, family: IpFamily, settings: &NodeSettings) -> BTreeMap<ServicePortKey, PortRules> {
     table
         .plans()
-        .map(|(k, p)| (k.clone(), rules::render(p, family, cfg)))
-        .filter(|(_, r)| !r.dispatch.is_empty() || !r.chains.is_empty())
+        .filter_map(|(k, p)| Some((k.clone(), port_rules(p, family, settings)?)))
         .collect()
 }
 
@@ -188,13 +193,14 @@ fn rule_line(out: &mut String, op: &str, chain: &str, spec: &str) {
 /// rule; chains of ours that are no longer wanted (`stale`) are deleted.
 fn full_restore(
     desired: &BTreeMap<ServicePortKey, PortRules>,
-    cfg: &RuleConfig,
+    family: IpFamily,
+    settings: &NodeSettings,
     stale: &BTreeMap<Table, BTreeSet<String>>,
     missing_jumps: &[rules::Jump],
 ) -> String {
     let mut out = String::new();
     for table in [Table::Nat, Table::Filter] {
-        let statics = rules::static_chains(table, cfg);
+        let statics = rules::static_chains(table, settings.family(family));
         let own: Vec<&OwnChain> = if table == Table::Nat {
             desired.values().flat_map(|r| r.chains.iter()).collect()
         } else {
@@ -307,8 +313,12 @@ fn missing_jumps(listing: &str) -> Vec<rules::Jump> {
 /// Declare (create or flush) and fill the own chains of some service ports.
 /// They jump to the static masquerade-mark chain, which may not exist yet on
 /// a cold start: it is (re)written in the same transaction, atomically.
-fn own_chains_restore<'a>(ports: impl Iterator<Item = &'a PortRules> + Clone, cfg: &RuleConfig) -> String {
-    let mark = rules::static_chains(Table::Nat, cfg)
+fn own_chains_restore<'a>(
+    ports: impl Iterator<Item = &'a PortRules> + Clone,
+    family: IpFamily,
+    settings: &NodeSettings,
+) -> String {
+    let mark = rules::static_chains(Table::Nat, settings.family(family))
         .into_iter()
         .filter(|c| c.name == rules::MARK_MASQ);
     let mut out = String::from("*nat\n");
@@ -491,9 +501,10 @@ impl FamilyState {
         &mut self,
         exec: &mut dyn Exec,
         table: &BackendTable,
+        settings: &NodeSettings,
         stats: &mut SyncStats,
     ) -> Result<(), DataplaneError> {
-        let desired = desired(table, self.family, &self.cfg);
+        let desired = desired(table, self.family, settings);
         let jumps = if self.discover {
             // Chains a previous run left behind (an agent restart, a crash):
             // they are ours to delete if no longer wanted.
@@ -517,7 +528,7 @@ impl FamilyState {
             // chains in one last transaction.
             let keys: Vec<&ServicePortKey> = desired.keys().collect();
             for chunk in keys.chunks(self.chunk) {
-                let input = own_chains_restore(chunk.iter().map(|k| &desired[*k]), &self.cfg);
+                let input = own_chains_restore(chunk.iter().map(|k| &desired[*k]), self.family, settings);
                 self.restore(exec, &input)?;
                 stats.bytes_written += input.len();
             }
@@ -533,15 +544,21 @@ impl FamilyState {
                     )
                 })
                 .collect();
+            // Known chains that are not rewritten above stay declared (and
+            // deleted, if stale) in the last transaction.
+            let rewritten: HashSet<&str> = desired
+                .values()
+                .flat_map(|r| r.chains.iter().map(|o| o.name.as_str()))
+                .collect();
             let mut keep = self.known_chains.clone();
             keep.entry(Table::Nat)
                 .or_default()
-                .retain(|c| !desired.values().any(|r| r.chains.iter().any(|o| &o.name == c)));
-            let input = full_restore(&dispatch_only, &self.cfg, &keep, &jumps);
+                .retain(|c| !rewritten.contains(c.as_str()));
+            let input = full_restore(&dispatch_only, self.family, settings, &keep, &jumps);
             self.restore(exec, &input)?;
             stats.bytes_written += input.len();
         } else {
-            let input = full_restore(&desired, &self.cfg, &self.known_chains, &jumps);
+            let input = full_restore(&desired, self.family, settings, &self.known_chains, &jumps);
             self.restore(exec, &input)?;
             stats.bytes_written += input.len();
         }
@@ -550,7 +567,11 @@ impl FamilyState {
         self.known_chains = BTreeMap::new();
         for t in [Table::Nat, Table::Filter] {
             let set = self.known_chains.entry(t).or_default();
-            set.extend(rules::static_chains(t, &self.cfg).into_iter().map(|c| c.name));
+            set.extend(
+                rules::static_chains(t, settings.family(self.family))
+                    .into_iter()
+                    .map(|c| c.name),
+            );
         }
         let nat = self.known_chains.entry(Table::Nat).or_default();
         nat.extend(desired.values().flat_map(|r| r.chains.iter().map(|c| c.name.clone())));
@@ -563,20 +584,13 @@ impl FamilyState {
         &mut self,
         exec: &mut dyn Exec,
         table: &BackendTable,
+        settings: &NodeSettings,
         keys: &[&ServicePortKey],
         stats: &mut SyncStats,
     ) -> Result<(), DataplaneError> {
         let wanted: Vec<(&ServicePortKey, Option<PortRules>)> = keys
             .iter()
-            .map(|k| {
-                (
-                    *k,
-                    table
-                        .plan(k)
-                        .map(|p| rules::render(p, self.family, &self.cfg))
-                        .filter(|r| !r.dispatch.is_empty() || !r.chains.is_empty()),
-                )
-            })
+            .map(|k| (*k, table.plan(k).and_then(|p| port_rules(p, self.family, settings))))
             .collect();
         let changes: Vec<(&ServicePortKey, Option<&PortRules>, Option<&PortRules>)> = wanted
             .iter()
@@ -691,10 +705,10 @@ impl Dataplane for IptablesDataplane {
         }
         for fam in &mut self.families {
             match scope {
-                SyncScope::Full => fam.full_sync(self.exec.as_mut(), table, &mut stats)?,
+                SyncScope::Full => fam.full_sync(self.exec.as_mut(), table, &self.settings, &mut stats)?,
                 SyncScope::Partial(changes) => {
                     let keys: Vec<&ServicePortKey> = changes.iter().collect();
-                    fam.partial_sync(self.exec.as_mut(), table, &keys, &mut stats)?;
+                    fam.partial_sync(self.exec.as_mut(), table, &self.settings, &keys, &mut stats)?;
                 }
             }
         }

@@ -22,10 +22,8 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use ipnet::IpNet;
-
+use crate::dataplane::frontends::{FamilySettings, Frontend, FrontendKind, FrontendPlan, Masquerade, Route, SetKind};
 use crate::model::{IpFamily, Protocol, ServicePortKey};
-use crate::policy::PortPlan;
 
 /// Prefix of every chain we create.
 pub const PREFIX: &str = "SP-";
@@ -97,13 +95,12 @@ pub struct PortRules {
     pub chains: Vec<OwnChain>,
 }
 
-/// What shapes the rules beyond the plan.
+/// The IPVS mode's per-family settings, until it takes the frontend plan
+/// (the iptables mode takes [`crate::dataplane::frontends::NodeSettings`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleConfig {
-    /// `--cluster-cidr` of this family (pods): traffic from elsewhere to a
-    /// cluster IP is masqueraded, and pod traffic to external frontends
-    /// short-circuits to the cluster-wide endpoints.
-    pub cluster_cidrs: Vec<IpNet>,
+    /// `--cluster-cidr` of this family.
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
     /// `--masquerade-all`.
     pub masquerade_all: bool,
     /// Node addresses of this family that serve node ports (never loopback).
@@ -153,63 +150,71 @@ fn host(ip: &IpAddr) -> String {
     }
 }
 
-/// Render the rules of one service port in one family.
-pub fn render(plan: &PortPlan, family: IpFamily, cfg: &RuleConfig) -> PortRules {
-    let info = &plan.info;
+/// Render the rules of one service port in one family from its frontend
+/// plan: every decision (which chain a frontend jumps to, which traffic is
+/// masqueraded, reject or drop) is the plan's; this only spells it in
+/// iptables.
+pub fn render(fp: &FrontendPlan<'_>) -> PortRules {
     let mut out = PortRules::default();
-    let Some(cluster_ip) = info.family(family).cluster_ip else {
-        return out;
-    };
-    let fam = plan.family(family);
-    let key = &info.key;
+    let key = fp.key;
+    let family = fp.family;
     let name = key.to_string();
-    let proto = proto_match(info.key.protocol);
+    let proto = proto_match(fp.protocol());
     let svc = chain("SVC", key, family);
     let svl = chain("SVL", key, family);
     let ext = chain("EXT", key, family);
     let fw = chain("FW", key, family);
-    let internal = fam.internal(info);
-    let external = fam.external(info);
-    let uses_cluster = info.uses_cluster_endpoints() && !fam.cluster.is_empty();
-    let uses_local = info.uses_local_endpoints() && !fam.local.is_empty();
-    let internal_chain = if info.internal_policy_local { &svl } else { &svc };
-    let fe = info.family(family);
+    let set_chain = |set: SetKind| match set {
+        SetKind::Cluster => &svc,
+        SetKind::Local => &svl,
+    };
+    let frontend_match = |fe: &Frontend| format!("-d {} {proto} --dport {}", host(&fe.address), fe.port);
 
     // --- Cluster IP ---
-    let cip_match = format!("-d {} {proto} --dport {}", host(&cluster_ip), info.port);
-    if !internal.is_empty() {
-        out.dispatch.push(nat(
+    let cluster_ip = fp
+        .frontends_of(FrontendKind::ClusterIp)
+        .next()
+        .expect("a frontend plan always has its cluster IP");
+    let cip_match = frontend_match(cluster_ip);
+    match fp.internal.route {
+        Route::Serve { set: Some(set), .. } => out.dispatch.push(nat(
             SERVICES,
             format!(
-                "{} {cip_match} -j {internal_chain}",
-                comment(&format!("{name} cluster IP"))
+                "{} {cip_match} -j {}",
+                comment(&format!("{name} cluster IP")),
+                set_chain(set)
             ),
-        ));
-    } else {
-        let (target, why) = if fam.has_any {
-            ("DROP", "has no local endpoints")
-        } else {
-            (reject(family), "has no endpoints")
-        };
-        out.dispatch.push(filter(
+        )),
+        Route::Serve { set: None, .. } => out.dispatch.push(filter(
             SERVICES,
-            format!("{} {cip_match} -j {target}", comment(&format!("{name} {why}"))),
-        ));
+            format!(
+                "{} {cip_match} -j DROP",
+                comment(&format!("{name} has no local endpoints"))
+            ),
+        )),
+        Route::Reject => out.dispatch.push(filter(
+            SERVICES,
+            format!(
+                "{} {cip_match} -j {}",
+                comment(&format!("{name} has no endpoints")),
+                reject(family)
+            ),
+        )),
     }
 
-    // --- External frontends ---
-    let mut external_targets: Vec<(String, bool)> = Vec::new(); // (match, is_lb)
-    for ip in &fe.external_ips {
-        external_targets.push((format!("-d {} {proto} --dport {}", host(ip), info.port), false));
-    }
-    for ip in &fe.load_balancer_ips {
-        external_targets.push((format!("-d {} {proto} --dport {}", host(ip), info.port), true));
-    }
-    let externally = info.externally_accessible();
-    let has_ranges = !fe.source_ranges.is_empty();
-    for (m, is_lb) in &external_targets {
-        let what = if *is_lb { "loadbalancer IP" } else { "external IP" };
-        if !fam.has_any {
+    // --- External IPs and load-balancer IPs ---
+    let external_frontends = fp
+        .frontends
+        .iter()
+        .filter(|f| matches!(f.kind, FrontendKind::ExternalIp | FrontendKind::LoadBalancer));
+    for fe in external_frontends {
+        let m = frontend_match(fe);
+        let what = if fe.kind == FrontendKind::LoadBalancer {
+            "loadbalancer IP"
+        } else {
+            "external IP"
+        };
+        if fe.treatment.route == Route::Reject {
             out.dispatch.push(filter(
                 EXTERNAL_SERVICES,
                 format!(
@@ -220,18 +225,18 @@ pub fn render(plan: &PortPlan, family: IpFamily, cfg: &RuleConfig) -> PortRules 
             ));
             continue;
         }
-        let target = if *is_lb && has_ranges { &fw } else { &ext };
+        let target = if fe.filtered { &fw } else { &ext };
         out.dispatch.push(nat(
             SERVICES,
             format!("{} {m} -j {target}", comment(&format!("{name} {what}"))),
         ));
-        if external.is_empty() {
+        if fe.treatment.drops_by_default() {
             out.dispatch.push(filter(
                 EXTERNAL_SERVICES,
                 format!("{} {m} -j DROP", comment(&format!("{name} has no local endpoints"))),
             ));
         }
-        if *is_lb && has_ranges {
+        if fe.filtered {
             // What the FW chain did not DNAT (a source outside the ranges)
             // still has the load-balancer IP as destination: drop it here.
             out.dispatch.push(filter(
@@ -243,16 +248,20 @@ pub fn render(plan: &PortPlan, family: IpFamily, cfg: &RuleConfig) -> PortRules 
             ));
         }
     }
-    if let Some(np) = info.node_port {
+
+    // --- Node ports: one rule in the node-port chain, whatever the
+    // addresses (SP-NODEPORT-ADDRS picks those); filter rules per address.
+    if let (Some(np), Some(treatment)) = (fp.node_port, fp.external) {
         let m = format!("{proto} --dport {np}");
-        if !fam.has_any {
-            for addr in &cfg.node_port_addresses {
+        let node_ports = fp.frontends_of(FrontendKind::NodePort);
+        if treatment.route == Route::Reject {
+            for fe in node_ports {
                 out.dispatch.push(filter(
                     EXTERNAL_SERVICES,
                     format!(
                         "{} -d {} {m} -j {}",
                         comment(&format!("{name} has no endpoints")),
-                        host(addr),
+                        host(&fe.address),
                         reject(family)
                     ),
                 ));
@@ -260,14 +269,14 @@ pub fn render(plan: &PortPlan, family: IpFamily, cfg: &RuleConfig) -> PortRules 
         } else {
             out.dispatch
                 .push(nat(NODEPORTS, format!("{} {m} -j {ext}", comment(&name))));
-            if external.is_empty() {
-                for addr in &cfg.node_port_addresses {
+            if treatment.drops_by_default() {
+                for fe in node_ports {
                     out.dispatch.push(filter(
                         EXTERNAL_SERVICES,
                         format!(
                             "{} -d {} {m} -j DROP",
                             comment(&format!("{name} has no local endpoints")),
-                            host(addr)
+                            host(&fe.address)
                         ),
                     ));
                 }
@@ -276,98 +285,98 @@ pub fn render(plan: &PortPlan, family: IpFamily, cfg: &RuleConfig) -> PortRules 
     }
 
     // --- Own chains ---
-    let masq_cluster_ip = if cfg.masquerade_all {
-        Some(format!(
-            "{} {cip_match} -j {MARK_MASQ}",
-            comment(&format!("{name} cluster IP"))
-        ))
-    } else {
-        // Off-cluster sources to a cluster IP are SNATed so that replies come
-        // back through this node (a static route to the service range may
-        // point at any node).
-        cfg.cluster_cidrs.first().map(|cidr| {
-            format!(
-                "{} {cip_match} ! -s {cidr} -j {MARK_MASQ}",
-                comment(&format!("{name} cluster IP"))
-            )
-        })
+    // The cluster IP's masquerade rule sits in the chain of its set, so
+    // that it sees only cluster-IP traffic (it matches the destination).
+    let cip_comment = comment(&format!("{name} cluster IP"));
+    let masq_cluster_ip = match fp.internal.masquerade {
+        Masquerade::Always => Some(format!("{cip_comment} {cip_match} -j {MARK_MASQ}")),
+        Masquerade::OutsideClusterCidr(cidr) => Some(format!("{cip_comment} {cip_match} ! -s {cidr} -j {MARK_MASQ}")),
+        Masquerade::NodeSources => Some(format!(
+            "{cip_comment} {cip_match} -m addrtype --src-type LOCAL -j {MARK_MASQ}"
+        )),
+        Masquerade::Never => None,
     };
-    if uses_cluster {
+    for (set, chain_name) in [(SetKind::Cluster, &svc), (SetKind::Local, &svl)] {
+        if fp.endpoints(set).is_empty() {
+            continue;
+        }
         let mut rules = Vec::new();
-        if !info.internal_policy_local {
+        if fp.internal.default_set() == Some(set) {
             rules.extend(masq_cluster_ip.clone());
         }
-        rules.extend(balance(key, family, &fam.cluster, info.affinity_timeout_secs, &name));
+        rules.extend(balance(key, family, fp.endpoints(set), fp.affinity_timeout, &name));
         out.chains.push(OwnChain {
-            name: svc.clone(),
+            name: chain_name.clone(),
             rules,
         });
     }
-    if uses_local {
+    if let Some(treatment) = fp.external.filter(|t| t.route != Route::Reject) {
+        let Route::Serve { set, short_circuit } = treatment.route else {
+            unreachable!("filtered above")
+        };
         let mut rules = Vec::new();
-        if info.internal_policy_local {
-            rules.extend(masq_cluster_ip.clone());
-        }
-        rules.extend(balance(key, family, &fam.local, info.affinity_timeout_secs, &name));
-        out.chains.push(OwnChain {
-            name: svl.clone(),
-            rules,
-        });
-    }
-    if externally && fam.has_any {
-        let mut rules = Vec::new();
-        if !info.external_local() {
+        if let Some(cidr) = short_circuit.pods {
             rules.push(format!(
+                "{} -s {cidr} -j {svc}",
+                comment(&format!("pod traffic for {name} external destinations"))
+            ));
+        }
+        match treatment.masquerade {
+            Masquerade::Always => rules.push(format!(
                 "{} -j {MARK_MASQ}",
                 comment(&format!("masquerade traffic for {name} external destinations"))
-            ));
-            if uses_cluster {
-                rules.push(format!("-j {svc}"));
-            }
-        } else {
-            if uses_cluster && let Some(cidr) = cfg.cluster_cidrs.first() {
-                rules.push(format!(
-                    "{} -s {cidr} -j {svc}",
-                    comment(&format!("pod traffic for {name} external destinations"))
-                ));
-            }
-            rules.push(format!(
+            )),
+            Masquerade::NodeSources => rules.push(format!(
                 "{} -m addrtype --src-type LOCAL -j {MARK_MASQ}",
                 comment(&format!("masquerade LOCAL traffic for {name} external destinations"))
-            ));
-            let local_target = if uses_cluster { &svc } else { &svl };
-            if uses_cluster || uses_local {
+            )),
+            Masquerade::OutsideClusterCidr(cidr) => rules.push(format!(
+                "{} ! -s {cidr} -j {MARK_MASQ}",
+                comment(&format!("masquerade traffic for {name} external destinations"))
+            )),
+            Masquerade::Never => {}
+        }
+        // Node-originated connections get a rule of their own whenever the
+        // node is treated apart from external clients.
+        if short_circuit.node || treatment.masquerade == Masquerade::NodeSources {
+            let node_set = if short_circuit.node {
+                Some(SetKind::Cluster)
+            } else {
+                set
+            };
+            if let Some(node_set) = node_set {
                 rules.push(format!(
-                    "{} -m addrtype --src-type LOCAL -j {local_target}",
-                    comment(&format!("route LOCAL traffic for {name} external destinations"))
+                    "{} -m addrtype --src-type LOCAL -j {}",
+                    comment(&format!("route LOCAL traffic for {name} external destinations")),
+                    set_chain(node_set)
                 ));
             }
-            if uses_local {
-                rules.push(format!("-j {svl}"));
-            }
+        }
+        if let Some(set) = set {
+            rules.push(format!("-j {}", set_chain(set)));
         }
         out.chains.push(OwnChain {
             name: ext.clone(),
             rules,
         });
-        if has_ranges && !fe.load_balancer_ips.is_empty() {
-            let mut rules: Vec<String> = fe
+        let lb_ips: Vec<&Frontend> = fp
+            .frontends_of(FrontendKind::LoadBalancer)
+            .filter(|f| f.filtered)
+            .collect();
+        if !lb_ips.is_empty() {
+            let mut rules: Vec<String> = fp
                 .source_ranges
                 .iter()
                 .map(|r| format!("{} -s {r} -j {ext}", comment(&format!("{name} loadbalancer IP"))))
                 .collect();
             // Traffic from the node itself to its own LB IP (hairpin through
             // the load balancer) keeps working when a range covers the node.
-            let node_allowed = cfg
-                .node_port_addresses
-                .iter()
-                .any(|a| fe.source_ranges.iter().any(|r| r.contains(a)));
-            if node_allowed {
-                for ip in &fe.load_balancer_ips {
+            if fp.ranges_admit_node {
+                for fe in &lb_ips {
                     rules.push(format!(
                         "{} -s {} -j {ext}",
                         comment(&format!("{name} loadbalancer IP")),
-                        host(ip)
+                        host(&fe.address)
                     ));
                 }
             }
@@ -375,21 +384,12 @@ pub fn render(plan: &PortPlan, family: IpFamily, cfg: &RuleConfig) -> PortRules 
         }
     }
     // Endpoint chains, once per endpoint used by either set.
-    let mut endpoints: Vec<SocketAddr> = fam
-        .cluster
-        .iter()
-        .filter(|_| uses_cluster)
-        .chain(fam.local.iter().filter(|_| uses_local))
-        .copied()
-        .collect();
-    endpoints.sort();
-    endpoints.dedup();
-    for ep in endpoints {
+    for ep in fp.endpoints_in_use() {
         let sep = endpoint_chain(key, family, &ep);
         let mut rules = vec![format!("{} -s {} -j {MARK_MASQ}", comment(&name), host(&ep.ip()))];
         // With ClientIP affinity the endpoint records the client, so the
         // service chain's `--rcheck` sends it back here within the timeout.
-        let remember = if info.affinity_timeout_secs.is_some() {
+        let remember = if fp.affinity_timeout.is_some() {
             format!(" -m recent --name {sep} --set")
         } else {
             String::new()
@@ -469,7 +469,7 @@ fn filter(chain: &'static str, spec: String) -> DispatchRule {
 
 /// The static chains of each table and their bodies (rewritten on every
 /// full sync), and the jumps from the built-in chains into them.
-pub fn static_chains(table: Table, cfg: &RuleConfig) -> Vec<OwnChain> {
+pub fn static_chains(table: Table, cfg: &FamilySettings) -> Vec<OwnChain> {
     match table {
         Table::Nat => vec![
             OwnChain {

@@ -13,15 +13,14 @@ use crate::testutil::*;
 use crate::track::{ChangeSet, Tracker};
 
 fn cfg() -> IptablesConfig {
-    let v4 = RuleConfig {
-        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-        masquerade_all: false,
-        node_port_addresses: vec!["192.168.50.10".parse().unwrap()],
-    };
     IptablesConfig {
         families: vec![IpFamily::V4],
         variant: Variant::Nft,
-        rules: [v4, RuleConfig::default()],
+        settings: NodeSettings::new(
+            &["10.244.0.0/16".parse().unwrap()],
+            false,
+            &["192.168.50.10".parse().unwrap()],
+        ),
         node_ports: None,
     }
 }
@@ -464,7 +463,7 @@ fn large_full_syncs_load_in_chunks_with_the_same_result() {
 fn fake_full_single(t: &Tracker) -> fake::Tables {
     let mut fake = FakeIptables::new();
     let cfg = cfg();
-    let input = IptablesDataplane::render_full(t.table(), IpFamily::V4, &cfg.rules[0]);
+    let input = IptablesDataplane::render_full(t.table(), IpFamily::V4, &cfg.settings);
     assert!(
         fake.run("iptables-restore", &["--noflush"], input.as_bytes())
             .unwrap()
