@@ -12,7 +12,7 @@ use sliceproxy::dataplane::addresses;
 use sliceproxy::dataplane::conntrack::NetlinkConntrack;
 use sliceproxy::dataplane::exec::{Exec, HostExec};
 use sliceproxy::dataplane::frontends::NodeSettings;
-use sliceproxy::dataplane::iptables::{self, IptablesConfig, IptablesDataplane, rules::RuleConfig};
+use sliceproxy::dataplane::iptables::{self, IptablesConfig, IptablesDataplane};
 use sliceproxy::model::IpFamily;
 use sliceproxy::policy::{MasqueradeConfig, NodeContext};
 use sliceproxy::render::{self, RenderOptions};
@@ -165,25 +165,16 @@ fn render_command(args: RenderArgs) -> ExitCode {
             Some(FamilyArg::Ipv6) => IpFamily::V6,
             _ => IpFamily::V4,
         };
-        let rules = rule_config(&config, family, &opts.node_port_addresses);
+        let settings = node_settings(&config, &opts.node_port_addresses);
         match config.mode {
-            ProxyMode::Iptables => print!(
-                "{}",
-                IptablesDataplane::render_full(
-                    tracker.table(),
-                    family,
-                    &node_settings(&config, &opts.node_port_addresses)
-                )
-            ),
+            ProxyMode::Iptables => print!("{}", IptablesDataplane::render_full(tracker.table(), family, &settings)),
             ProxyMode::Ipvs => print!(
                 "{}",
                 sliceproxy::dataplane::ipvs::IpvsDataplane::render_full(
                     tracker.table(),
                     family,
-                    &sliceproxy::dataplane::ipvs::layout::LayoutConfig {
-                        rules,
-                        scheduler: config.ipvs.effective_scheduler().to_string(),
-                    }
+                    &settings,
+                    config.ipvs.effective_scheduler(),
                 )
             ),
             mode => {
@@ -352,24 +343,6 @@ fn node_settings(config: &Config, node_port_addresses: &[IpAddr]) -> NodeSetting
     NodeSettings::new(&config.cluster_cidrs, config.masquerade_all, node_port_addresses)
 }
 
-/// The IPVS mode's rule settings of one family.
-fn rule_config(config: &Config, family: IpFamily, node_port_addresses: &[IpAddr]) -> RuleConfig {
-    RuleConfig {
-        cluster_cidrs: config
-            .cluster_cidrs
-            .iter()
-            .filter(|c| IpFamily::of(&c.addr()) == family)
-            .copied()
-            .collect(),
-        masquerade_all: config.masquerade_all,
-        node_port_addresses: node_port_addresses
-            .iter()
-            .filter(|a| IpFamily::of(a) == family)
-            .copied()
-            .collect(),
-    }
-}
-
 /// The families to program: those the cluster CIDRs name; without them,
 /// IPv4 and, where the IPv6 tools work, IPv6 (a node without IPv6 has
 /// nothing to program there).
@@ -441,10 +414,7 @@ fn ipvs_dataplane(config: &Config) -> Result<Box<dyn Dataplane>, String> {
     let cfg = IpvsDataplaneConfig {
         families,
         variant,
-        rules: [
-            rule_config(config, IpFamily::V4, &[]),
-            rule_config(config, IpFamily::V6, &[]),
-        ],
+        settings: node_settings(config, &[]),
         scheduler: config.ipvs.effective_scheduler().to_string(),
         node_ports: Some(config.nodeport_addresses.clone()),
         exclude_cidrs: config.ipvs.exclude_cidrs.clone(),

@@ -70,7 +70,7 @@ mod in_vm {
 
     use serde_json::{Value, json};
     use sliceproxy::dataplane::exec::HostExec;
-    use sliceproxy::dataplane::iptables::rules::RuleConfig;
+    use sliceproxy::dataplane::frontends::NodeSettings;
     use sliceproxy::dataplane::ipvs::link::{Links, RtLinks};
     use sliceproxy::dataplane::ipvs::netlink::{IpvsClient, Protocol as NlProto, Timeouts, VirtualService};
     use sliceproxy::dataplane::ipvs::{IpvsDataplane, IpvsDataplaneConfig, layout};
@@ -204,18 +204,11 @@ mod in_vm {
         let (mut probe_kernel, mut probe_links) = sockets_in(c.netns_path("node-a"));
         let cfg = IpvsDataplaneConfig {
             families: vec![IpFamily::V4, IpFamily::V6],
-            rules: [
-                RuleConfig {
-                    cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-                    masquerade_all: false,
-                    node_port_addresses: vec![node_a],
-                },
-                RuleConfig {
-                    cluster_cidrs: vec!["fd00:244::/32".parse().unwrap()],
-                    masquerade_all: false,
-                    node_port_addresses: vec![],
-                },
-            ],
+            settings: NodeSettings::new(
+                &["10.244.0.0/16".parse().unwrap(), "fd00:244::/32".parse().unwrap()],
+                false,
+                &[node_a],
+            ),
             scheduler: "rr".into(),
             graceful_timeout: Duration::from_secs(3),
             strict_arp: true,

@@ -95,18 +95,6 @@ pub struct PortRules {
     pub chains: Vec<OwnChain>,
 }
 
-/// The IPVS mode's per-family settings, until it takes the frontend plan
-/// (the iptables mode takes [`crate::dataplane::frontends::NodeSettings`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuleConfig {
-    /// `--cluster-cidr` of this family.
-    pub cluster_cidrs: Vec<ipnet::IpNet>,
-    /// `--masquerade-all`.
-    pub masquerade_all: bool,
-    /// Node addresses of this family that serve node ports (never loopback).
-    pub node_port_addresses: Vec<IpAddr>,
-}
-
 /// A short, stable, chain-name-safe hash (iptables chain names are at most
 /// 28 characters, so names cannot carry the service name itself).
 pub fn short_hash(input: &str) -> String {

@@ -22,9 +22,8 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::dataplane::iptables::rules::RuleConfig;
+use crate::dataplane::frontends::{FrontendKind, FrontendPlan, Masquerade, NodeSettings};
 use crate::model::{IpFamily, Protocol};
-use crate::policy::{FrontendKind, PortPlan};
 
 /// Default name of the dummy interface holding service addresses
 /// (`sliceproxy-ipvs0` would be 16 bytes; Linux allows 15).
@@ -152,115 +151,92 @@ impl PortLayout {
     }
 }
 
-/// What shapes the layout beyond the plan.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LayoutConfig {
-    /// Cluster CIDRs, masquerade-all and node-port addresses of this family
-    /// (the same settings iptables mode takes).
-    pub rules: RuleConfig,
-    /// IPVS scheduler (`rr` when empty).
-    pub scheduler: String,
-}
-
-impl LayoutConfig {
-    fn scheduler(&self) -> &str {
-        if self.scheduler.is_empty() {
-            "rr"
-        } else {
-            &self.scheduler
-        }
-    }
+/// The IPVS scheduler's name (`rr` when none is configured).
+pub fn scheduler(configured: &str) -> &str {
+    if configured.is_empty() { "rr" } else { configured }
 }
 
 fn ip_port(ip: &IpAddr, proto: Protocol, port: u16) -> String {
     format!("{ip},{}:{port}", proto.lower())
 }
 
-/// The layout of one service port in one family.
-pub fn layout(plan: &PortPlan, family: IpFamily, cfg: &LayoutConfig) -> PortLayout {
-    let info = &plan.info;
+/// The order virtual servers are declared in (the first of two frontends
+/// on the same address, port and protocol wins).
+const DECLARATION_ORDER: [FrontendKind; 4] = [
+    FrontendKind::ClusterIp,
+    FrontendKind::ExternalIp,
+    FrontendKind::LoadBalancer,
+    FrontendKind::NodePort,
+];
+
+/// The layout of one service port in one family, from its frontend plan:
+/// a virtual server per frontend whose real servers are the endpoints its
+/// clients without a special case reach, and the ipset memberships that
+/// carry the plan's masquerading, source-range and drop decisions.
+/// (IPVS cannot short-circuit pods or the node to another set, and refuses
+/// connections without a real server by itself: the documented differences
+/// from the iptables mode.)
+pub fn layout(fp: &FrontendPlan<'_>, scheduler: &str) -> PortLayout {
     let mut out = PortLayout::default();
-    let Some(cluster_ip) = info.family(family).cluster_ip else {
-        return out;
-    };
-    let fam = plan.family(family);
-    let proto = info.key.protocol;
-    let fe = info.family(family);
-    let internal = fam.internal(info);
-    let external = fam.external(info);
+    let family = fp.family;
+    let proto = fp.protocol();
     let set = |base: &str| set_name(base, family);
-    let vs = |addr: IpAddr, port: u16, frontend: FrontendKind, dests: &[SocketAddr]| VirtualServer {
-        key: VsKey {
-            addr,
-            port,
-            protocol: proto,
-        },
-        frontend,
-        scheduler: cfg.scheduler().to_string(),
-        persistence: info.affinity_timeout_secs,
-        dests: dests.to_vec(),
-    };
     let mut services = Vec::new();
-
-    // Cluster IP.
-    services.push(vs(cluster_ip, info.port, FrontendKind::ClusterIp, internal));
-    out.addresses.insert(cluster_ip);
-    let cip = ip_port(&cluster_ip, proto, info.port);
-    out.entries.insert((set("SP-CLUSTER-IP"), cip.clone()));
-    out.entries.insert((set("SP-SERVICE-PORTS"), cip.clone()));
-    if internal.is_empty() && fam.has_any {
-        out.entries.insert((set("SP-DROP"), cip));
-    }
-
-    // External IPs and load-balancer IPs.
-    let local = info.external_local();
-    let frontends = fe
-        .external_ips
-        .iter()
-        .map(|ip| (ip, FrontendKind::ExternalIp))
-        .chain(fe.load_balancer_ips.iter().map(|ip| (ip, FrontendKind::LoadBalancer)));
-    for (ip, kind) in frontends {
-        services.push(vs(*ip, info.port, kind, external));
-        out.addresses.insert(*ip);
-        let e = ip_port(ip, proto, info.port);
-        out.entries.insert((set("SP-SERVICE-PORTS"), e.clone()));
-        let masq_set = match (local, kind) {
-            (true, _) => "SP-EXTERNAL-LOCAL",
-            (false, FrontendKind::LoadBalancer) => "SP-LOAD-BALANCER",
-            (false, _) => "SP-EXTERNAL-IP",
-        };
-        out.entries.insert((set(masq_set), e.clone()));
-        if kind == FrontendKind::LoadBalancer && !fe.source_ranges.is_empty() {
-            out.entries.insert((set("SP-LB-FW"), e.clone()));
-            for r in &fe.source_ranges {
-                out.entries.insert((set("SP-LB-SRC"), format!("{e},{r}")));
+    for kind in DECLARATION_ORDER {
+        for fe in fp.frontends_of(kind) {
+            services.push(VirtualServer {
+                key: VsKey {
+                    addr: fe.address,
+                    port: fe.port,
+                    protocol: proto,
+                },
+                frontend: fe.kind,
+                scheduler: scheduler.to_string(),
+                persistence: fp.affinity_timeout,
+                dests: fp.default_endpoints(&fe.treatment).to_vec(),
+            });
+            let e = ip_port(&fe.address, proto, fe.port);
+            // Which connections the constant iptables layer masquerades.
+            let local_policy = fe.treatment.masquerade != Masquerade::Always;
+            match fe.kind {
+                FrontendKind::ClusterIp => {
+                    out.addresses.insert(fe.address);
+                    out.entries.insert((set("SP-CLUSTER-IP"), e.clone()));
+                    out.entries.insert((set("SP-SERVICE-PORTS"), e.clone()));
+                }
+                FrontendKind::ExternalIp | FrontendKind::LoadBalancer => {
+                    out.addresses.insert(fe.address);
+                    out.entries.insert((set("SP-SERVICE-PORTS"), e.clone()));
+                    let masq_set = match (local_policy, fe.kind) {
+                        (true, _) => "SP-EXTERNAL-LOCAL",
+                        (false, FrontendKind::LoadBalancer) => "SP-LOAD-BALANCER",
+                        (false, _) => "SP-EXTERNAL-IP",
+                    };
+                    out.entries.insert((set(masq_set), e.clone()));
+                    if fe.filtered {
+                        out.entries.insert((set("SP-LB-FW"), e.clone()));
+                        for r in fp.source_ranges {
+                            out.entries.insert((set("SP-LB-SRC"), format!("{e},{r}")));
+                        }
+                    }
+                }
+                FrontendKind::NodePort => {
+                    let masq_set = if local_policy {
+                        "SP-EXTERNAL-LOCAL"
+                    } else {
+                        "SP-NODE-PORT"
+                    };
+                    out.entries.insert((set(masq_set), e.clone()));
+                }
             }
-        }
-        if external.is_empty() && fam.has_any {
-            out.entries.insert((set("SP-DROP"), e));
-        }
-    }
-
-    // Node ports: one virtual server per node address.
-    if let Some(np) = info.node_port {
-        for addr in cfg
-            .rules
-            .node_port_addresses
-            .iter()
-            .filter(|a| IpFamily::of(a) == family)
-        {
-            services.push(vs(*addr, np, FrontendKind::NodePort, external));
-            let e = ip_port(addr, proto, np);
-            let masq_set = if local { "SP-EXTERNAL-LOCAL" } else { "SP-NODE-PORT" };
-            out.entries.insert((set(masq_set), e.clone()));
-            if external.is_empty() && fam.has_any {
+            if fe.treatment.drops_by_default() {
                 out.entries.insert((set("SP-DROP"), e));
             }
         }
     }
 
     // Hairpin: an endpoint reaching itself through a frontend.
-    for ep in internal.iter().chain(external) {
+    for ep in fp.endpoints_in_use() {
         out.entries.insert((
             set("SP-LOOP-BACK"),
             format!("{},{}:{},{}", ep.ip(), proto.lower(), ep.port(), ep.ip()),
@@ -299,7 +275,7 @@ fn comment(text: &str) -> String {
 
 /// The iptables layer of one family as `iptables-restore --noflush` input:
 /// constant size, whatever the number of services (membership lives in the ipsets).
-pub fn iptables_rules(family: IpFamily, rules: &RuleConfig) -> String {
+pub fn iptables_rules(family: IpFamily, settings: &NodeSettings) -> String {
     let s = |base: &str| set_name(base, family);
     let mut out = String::new();
     let mut line = |l: String| {
@@ -320,18 +296,25 @@ pub fn iptables_rules(family: IpFamily, rules: &RuleConfig) -> String {
         comment("Local policy keeps the client address"),
         s("SP-EXTERNAL-LOCAL")
     ));
-    if rules.masquerade_all {
-        line(format!(
+    // Cluster IPs share the node's masquerade decision (the plan's cluster
+    // IP treatment), so one rule over the set carries it.
+    match settings.cluster_ip_masquerade(family) {
+        Masquerade::Always => line(format!(
             "-A {SERVICES} {} -m set --match-set {} dst,dst -j {MARK_MASQ}",
             comment("cluster IPs, masquerade-all"),
             s("SP-CLUSTER-IP")
-        ));
-    } else if let Some(cidr) = rules.cluster_cidrs.first() {
-        line(format!(
+        )),
+        Masquerade::OutsideClusterCidr(cidr) => line(format!(
             "-A {SERVICES} {} -m set --match-set {} dst,dst ! -s {cidr} -j {MARK_MASQ}",
             comment("off-cluster traffic to cluster IPs"),
             s("SP-CLUSTER-IP")
-        ));
+        )),
+        Masquerade::NodeSources => line(format!(
+            "-A {SERVICES} {} -m addrtype --src-type LOCAL -m set --match-set {} dst,dst -j {MARK_MASQ}",
+            comment("node traffic to cluster IPs"),
+            s("SP-CLUSTER-IP")
+        )),
+        Masquerade::Never => {}
     }
     for (base, what) in [
         ("SP-EXTERNAL-IP", "external IPs"),

@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use self::kernel::IpvsKernel;
-use self::layout::{LayoutConfig, PortLayout, SetEntry, VirtualServer, VsKey};
+use self::layout::{PortLayout, SetEntry, VirtualServer, VsKey};
 use self::link::Links;
 use self::netlink::{ForwardMethod, IpvsError, RealServer, ServiceFlags, Timeouts, VirtualService};
 use super::exec::Exec;
-use super::iptables::rules::RuleConfig;
+use super::frontends::{FrontendPlan, NodeSettings};
 use super::iptables::{Tools, Variant};
 use super::{Dataplane, DataplaneError, SyncScope, SyncStats, addresses};
 use crate::config::NodePortAddresses;
@@ -49,9 +49,9 @@ pub struct IpvsDataplaneConfig {
     pub families: Vec<IpFamily>,
     /// Which iptables to drive.
     pub variant: Variant,
-    /// Per-family settings, `[v4, v6]` (node-port addresses are replaced at
-    /// every full sync when `node_ports` is set).
-    pub rules: [RuleConfig; 2],
+    /// The node's settings (node-port addresses are replaced at every full
+    /// sync when `node_ports` is set).
+    pub settings: NodeSettings,
     /// IPVS scheduler (`rr` when empty).
     pub scheduler: String,
     /// When set, node-port addresses are the node's own addresses filtered by this.
@@ -95,7 +95,7 @@ impl Default for IpvsDataplaneConfig {
         IpvsDataplaneConfig {
             families: vec![IpFamily::V4],
             variant: Variant::Nft,
-            rules: Default::default(),
+            settings: NodeSettings::default(),
             scheduler: String::new(),
             node_ports: None,
             interface: layout::INTERFACE.to_string(),
@@ -319,17 +319,12 @@ impl IpvsDataplane {
         self.process_draining(now)
     }
 
-    fn layout_cfg(&self, family: IpFamily) -> LayoutConfig {
-        LayoutConfig {
-            rules: self.cfg.rules[family.index()].clone(),
-            scheduler: self.cfg.scheduler.clone(),
-        }
-    }
-
     fn port_layout(&self, plan: &crate::policy::PortPlan) -> PortLayout {
         let mut out = PortLayout::default();
         for &f in &self.cfg.families {
-            out.extend(layout::layout(plan, f, &self.layout_cfg(f)));
+            if let Some(fp) = FrontendPlan::new(plan, f, &self.cfg.settings) {
+                out.extend(layout::layout(&fp, layout::scheduler(&self.cfg.scheduler)));
+            }
         }
         out
     }
@@ -337,12 +332,15 @@ impl IpvsDataplane {
     /// What a full sync programs for `family`, as text: virtual servers
     /// and real servers, dummy-interface addresses, ipsets and the
     /// iptables layer. Deterministic.
-    pub fn render_full(table: &BackendTable, family: IpFamily, cfg: &LayoutConfig) -> String {
+    pub fn render_full(table: &BackendTable, family: IpFamily, settings: &NodeSettings, scheduler: &str) -> String {
         let mut services: BTreeMap<VsKey, (VirtualServer, ServicePortKey)> = BTreeMap::new();
         let mut addrs = BTreeSet::new();
         let mut entries: BTreeSet<SetEntry> = BTreeSet::new();
         for (k, plan) in table.plans() {
-            let l = layout::layout(plan, family, cfg);
+            let Some(fp) = FrontendPlan::new(plan, family, settings) else {
+                continue;
+            };
+            let l = layout::layout(&fp, layout::scheduler(scheduler));
             for v in l.services {
                 services.entry(v.key).or_insert((v, k.clone()));
             }
@@ -375,7 +373,7 @@ impl IpvsDataplane {
             let _ = writeln!(out, "add {set} {e}");
         }
         let _ = writeln!(out, "# iptables-restore --noflush");
-        out.push_str(&layout::iptables_rules(family, &cfg.rules));
+        out.push_str(&layout::iptables_rules(family, settings));
         out
     }
 
@@ -459,16 +457,13 @@ impl IpvsDataplane {
         let mut local = addresses::local_addresses(self.exec.as_mut()).map_err(DataplaneError::Other)?;
         local.retain(|a| !dummy.contains(a));
         let chosen = addresses::node_port_addresses(&setting, &local);
-        for f in IpFamily::ALL {
-            self.cfg.rules[f.index()].node_port_addresses =
-                chosen.iter().filter(|a| IpFamily::of(a) == f).copied().collect();
-        }
+        self.cfg.settings.set_node_port_addresses(&chosen);
         Ok(())
     }
 
     fn iptables_family(&mut self, family: IpFamily) -> Result<usize, DataplaneError> {
         let tools = Tools::new(family, self.cfg.variant);
-        let input = layout::iptables_rules(family, &self.cfg.rules[family.index()]);
+        let input = layout::iptables_rules(family, &self.cfg.settings);
         self.run("iptables-restore", &tools.restore, &["-w", "5", "--noflush"], &input)?;
         for (table, from, to) in layout::JUMPS {
             let spec = layout::jump_spec(to);

@@ -103,13 +103,12 @@ fn rig() -> Rig {
     let exec = RecExec::default();
     let now = Arc::new(Mutex::new(Instant::now()));
     let clock = now.clone();
-    let v4 = RuleConfig {
-        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-        masquerade_all: false,
-        node_port_addresses: vec!["192.168.50.10".parse().unwrap()],
-    };
     let cfg = IpvsDataplaneConfig {
-        rules: [v4, RuleConfig::default()],
+        settings: NodeSettings::new(
+            &["10.244.0.0/16".parse().unwrap()],
+            false,
+            &["192.168.50.10".parse().unwrap()],
+        ),
         graceful_timeout: Duration::from_secs(60),
         ..Default::default()
     };
@@ -453,16 +452,14 @@ fn local_policy_without_local_endpoint_drops_and_source_ranges_are_sets() {
         .unwrap(),
     );
     eps(&mut t, "lb", "TCP", &[("10.244.2.5", "node-b")]);
-    let cfg = LayoutConfig {
-        rules: RuleConfig {
-            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
-            masquerade_all: false,
-            node_port_addresses: vec!["192.168.50.10".parse().unwrap()],
-        },
-        scheduler: "mh".into(),
-    };
+    let settings = NodeSettings::new(
+        &["10.244.0.0/16".parse().unwrap()],
+        false,
+        &["192.168.50.10".parse().unwrap()],
+    );
     let (_, plan) = t.table().plans().next().unwrap();
-    let l = layout::layout(plan, IpFamily::V4, &cfg);
+    let fp = FrontendPlan::new(plan, IpFamily::V4, &settings).unwrap();
+    let l = layout::layout(&fp, "mh");
     let lb = l
         .services
         .iter()
@@ -533,9 +530,9 @@ fn refused_ipset_fails_the_sync_and_next_full_sync_recovers() {
 #[test]
 fn render_is_deterministic() {
     let t = tracker();
-    let cfg = LayoutConfig::default();
-    let a = IpvsDataplane::render_full(t.table(), IpFamily::V4, &cfg);
-    assert_eq!(a, IpvsDataplane::render_full(t.table(), IpFamily::V4, &cfg));
+    let settings = NodeSettings::default();
+    let a = IpvsDataplane::render_full(t.table(), IpFamily::V4, &settings, "");
+    assert_eq!(a, IpvsDataplane::render_full(t.table(), IpFamily::V4, &settings, ""));
     assert!(a.contains("-A TCP 10.96.0.10:80 -s rr"), "{a}");
 }
 
