@@ -14,8 +14,10 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
+use crate::dataplane::frontends::{ClientClass, FrontendPlan, NodeSettings, Route, Verdict};
+use crate::dataplane::iptables::programmed::{FrontendKey, Programmed, Refusal, programmed_frontends};
 use crate::model::{IpFamily, ServiceKey};
-use crate::policy::TopologyMode;
+use crate::policy::{PortPlan, TopologyMode};
 use crate::snapshot::Snapshot;
 use crate::watch::convert::{self, SERVICE_NAME_LABEL};
 
@@ -138,9 +140,16 @@ impl Out {
     }
 }
 
-/// Diagnose `key` as seen from `node`. `programmed` is an iptables-save dump
-/// of that node, when available.
-pub fn diagnose(snapshot: &Snapshot, key: &ServiceKey, node: &str, programmed: Option<&str>) -> Diagnosis {
+/// Diagnose `key` as seen from `node`, whose settings are `settings`.
+/// `programmed` is an iptables-save dump of that node, when available: it is
+/// compared, frontend by frontend, with the frontend plan `render` prints.
+pub fn diagnose(
+    snapshot: &Snapshot,
+    key: &ServiceKey,
+    node: &str,
+    settings: &NodeSettings,
+    programmed: Option<&str>,
+) -> Diagnosis {
     let mut out = Out { findings: Vec::new() };
     match snapshot.service(key) {
         None => out.push(
@@ -154,7 +163,7 @@ pub fn diagnose(snapshot: &Snapshot, key: &ServiceKey, node: &str, programmed: O
                 .map(|s| format!("a Service of that name exists in namespace {:?}", s.metadata.namespace))
                 .collect(),
         ),
-        Some(svc) => diagnose_service(snapshot, svc, key, node, programmed, &mut out),
+        Some(svc) => diagnose_service(snapshot, svc, key, node, settings, programmed, &mut out),
     }
     out.findings.sort_by_key(|f| (f.severity != Severity::Reason, f.cause));
     Diagnosis {
@@ -170,9 +179,11 @@ fn diagnose_service(
     svc: &core::Service,
     key: &ServiceKey,
     node: &str,
+    settings: &NodeSettings,
     programmed: Option<&str>,
     out: &mut Out,
 ) {
+    let programmed = programmed.map(programmed_frontends);
     let svc_labels = labels(&svc.metadata);
     if let Some(proxy) = svc_labels.get(SERVICE_PROXY_NAME_LABEL) {
         out.push(
@@ -449,55 +460,96 @@ fn diagnose_service(
                 );
             }
         }
-        if let Some(dump) = programmed {
-            let want: BTreeSet<String> = plan
-                .families
-                .iter()
-                .flat_map(|f| f.cluster.iter().chain(f.local.iter()))
-                .map(|a| a.to_string())
-                .collect();
-            let name = pk.to_string();
-            let have = programmed_endpoints(dump, &name);
-            let has_frontend = dump.lines().any(|l| l.contains(&format!("\"{name} cluster IP\"")));
-            if !has_frontend || want != have {
-                let mut evidence = vec![
-                    format!("should program: {}", list(&want)),
-                    format!("programmed: {}", list(&have)),
-                ];
-                if !has_frontend {
-                    evidence.push("no cluster IP rule in the dump".into());
-                }
+        if let Some(programmed) = &programmed {
+            let differs = programmed_differences(plan, settings, programmed);
+            if !differs.is_empty() {
                 out.push(
                     Cause::ProgrammedDiffers,
                     Severity::Reason,
                     format!(
                         "{pk}: the node's rules differ from what the agent should program (stale or failing agent?)"
                     ),
-                    evidence,
+                    differs,
                 );
             }
         }
     }
 }
 
-fn list(set: &BTreeSet<String>) -> String {
+/// Every frontend of a service port whose rules in the dump do not do what
+/// its frontend plan says, as one line of evidence each: the DNAT targets
+/// its dispatch rules reach must be exactly the endpoints some client is
+/// forwarded to; a frontend nobody is forwarded through must be refused
+/// (REJECT) or dropped (DROP) in the filter table, and reach nothing.
+fn programmed_differences(
+    plan: &PortPlan,
+    settings: &NodeSettings,
+    programmed: &BTreeMap<FrontendKey, Programmed>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for family in IpFamily::ALL {
+        let Some(fp) = FrontendPlan::new(plan, family, settings) else {
+            continue;
+        };
+        for fe in &fp.frontends {
+            let want: BTreeSet<SocketAddr> = ClientClass::ALL
+                .iter()
+                .filter_map(|&c| match fe.verdict(c) {
+                    Verdict::Forward { set, .. } => Some(fp.endpoints(set)),
+                    _ => None,
+                })
+                .flatten()
+                .copied()
+                .collect();
+            let refusal = match fe.treatment.route {
+                Route::Reject => Refusal::Reject,
+                Route::Serve { .. } => Refusal::Drop,
+            };
+            let key = FrontendKey {
+                address: fe.address,
+                port: fe.port,
+                protocol: fp.protocol(),
+            };
+            let have = programmed.get(&key).cloned().unwrap_or_default();
+            let ok = if want.is_empty() {
+                have.dnat.is_empty() && have.refusal == Some(refusal)
+            } else {
+                have.dnat == want
+            };
+            if ok {
+                continue;
+            }
+            let should = if want.is_empty() {
+                match refusal {
+                    Refusal::Reject => "refuse (REJECT)".to_string(),
+                    Refusal::Drop => "drop".to_string(),
+                }
+            } else {
+                format!("reach {}", list(&want))
+            };
+            let programmed = match (have.dnat.is_empty(), have.refusal) {
+                (false, _) => list(&have.dnat),
+                (true, Some(Refusal::Reject)) => "REJECT".into(),
+                (true, Some(Refusal::Drop)) => "DROP".into(),
+                (true, None) => "(no rule)".into(),
+            };
+            out.push(format!(
+                "{} {} {}: should {should}; programmed: {programmed}",
+                fe.kind.as_str(),
+                fe.socket(),
+                fp.protocol()
+            ));
+        }
+    }
+    out
+}
+
+fn list(set: &BTreeSet<SocketAddr>) -> String {
     if set.is_empty() {
         "(none)".into()
     } else {
-        set.iter().cloned().collect::<Vec<_>>().join(", ")
+        set.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
     }
-}
-
-/// Endpoints an iptables-save dump routes `name` (`ns/svc:port/PROTO`) to,
-/// from the comments sliceproxy writes (`"NAME -> ADDR"`).
-pub fn programmed_endpoints(dump: &str, name: &str) -> BTreeSet<String> {
-    let needle = format!("--comment \"{name} -> ");
-    dump.lines()
-        .filter_map(|l| {
-            let rest = &l[l.find(&needle)? + needle.len()..];
-            Some(rest.split('"').next()?.to_string())
-        })
-        .collect()
 }
 
 fn pod_ready(p: &core::Pod) -> bool {

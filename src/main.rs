@@ -14,7 +14,7 @@ use sliceproxy::dataplane::exec::{Exec, HostExec};
 use sliceproxy::dataplane::frontends::NodeSettings;
 use sliceproxy::dataplane::iptables::{self, IptablesConfig, IptablesDataplane};
 use sliceproxy::model::IpFamily;
-use sliceproxy::policy::{MasqueradeConfig, NodeContext};
+use sliceproxy::policy::NodeContext;
 use sliceproxy::render::{self, RenderOptions};
 use sliceproxy::snapshot::Snapshot;
 use sliceproxy::sync::{Agent, SyncSettings};
@@ -143,17 +143,8 @@ fn render_command(args: RenderArgs) -> ExitCode {
             config.hostname
         );
     }
-    let node_addresses: Vec<IpAddr> = snapshot
-        .node(&config.hostname)
-        .and_then(|n| sliceproxy::watch::convert::node(n).ok())
-        .map(|n| n.addresses)
-        .unwrap_or_default();
     let opts = RenderOptions {
-        masq: MasqueradeConfig {
-            masquerade_all: config.masquerade_all,
-            detect_local: !config.cluster_cidrs.is_empty(),
-        },
-        node_port_addresses: addresses::node_port_addresses(&config.nodeport_addresses, &node_addresses),
+        settings: offline_settings(&config, &snapshot),
         families: match args.ip_family {
             None => Vec::new(),
             Some(FamilyArg::Ipv4) => vec![IpFamily::V4],
@@ -165,15 +156,15 @@ fn render_command(args: RenderArgs) -> ExitCode {
             Some(FamilyArg::Ipv6) => IpFamily::V6,
             _ => IpFamily::V4,
         };
-        let settings = node_settings(&config, &opts.node_port_addresses);
+        let settings = &opts.settings;
         match config.mode {
-            ProxyMode::Iptables => print!("{}", IptablesDataplane::render_full(tracker.table(), family, &settings)),
+            ProxyMode::Iptables => print!("{}", IptablesDataplane::render_full(tracker.table(), family, settings)),
             ProxyMode::Ipvs => print!(
                 "{}",
                 sliceproxy::dataplane::ipvs::IpvsDataplane::render_full(
                     tracker.table(),
                     family,
-                    &settings,
+                    settings,
                     config.ipvs.effective_scheduler(),
                 )
             ),
@@ -268,7 +259,8 @@ fn diagnose_command(args: DiagnoseArgs) -> ExitCode {
         },
         None => None,
     };
-    let d = sliceproxy::diagnose::diagnose(&snapshot, &key, &config.hostname, dump.as_deref());
+    let settings = offline_settings(&config, &snapshot);
+    let d = sliceproxy::diagnose::diagnose(&snapshot, &key, &config.hostname, &settings, dump.as_deref());
     match args.output {
         Output::Table => print!("{}", sliceproxy::diagnose::to_text(&d)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default()),
@@ -336,6 +328,20 @@ fn cleanup_every_mode(config: &Config) -> ExitCode {
         }
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// The settings of the node a snapshot is rendered or diagnosed for: node
+/// ports on its Node object's addresses, as `--nodeport-addresses` selects.
+fn offline_settings(config: &Config, snapshot: &Snapshot) -> NodeSettings {
+    let node_addresses: Vec<IpAddr> = snapshot
+        .node(&config.hostname)
+        .and_then(|n| sliceproxy::watch::convert::node(n).ok())
+        .map(|n| n.addresses)
+        .unwrap_or_default();
+    node_settings(
+        config,
+        &addresses::node_port_addresses(&config.nodeport_addresses, &node_addresses),
+    )
 }
 
 /// The node's settings.

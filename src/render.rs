@@ -7,17 +7,17 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::dataplane::frontends::{ClientClass, Frontend, FrontendKind, FrontendPlan, NodeSettings, Verdict};
 use crate::model::{IpFamily, ServicePortKey, ServiceType};
-use crate::policy::{self, ClientKind, FrontendKind, MasqueradeConfig, PortPlan, TopologyMode, Verdict};
+use crate::policy::TopologyMode;
 use crate::track::BackendTable;
 
 /// What shapes the view beyond the table itself.
 #[derive(Debug, Clone, Default)]
 pub struct RenderOptions {
-    /// Masquerade settings (`--masquerade-all`, `--cluster-cidr`).
-    pub masq: MasqueradeConfig,
-    /// Addresses node ports listen on; empty prints `*`.
-    pub node_port_addresses: Vec<IpAddr>,
+    /// The node's settings (cluster CIDRs, masquerade-all, node-port
+    /// addresses; without node-port addresses node ports print as `*`).
+    pub settings: NodeSettings,
     /// Families to print (both by default).
     pub families: Vec<IpFamily>,
 }
@@ -52,13 +52,45 @@ pub struct FrontendRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteRow {
     /// The client kind.
-    pub client: ClientKind,
+    pub client: ClientClass,
     /// The verdict.
     #[serde(flatten)]
-    pub verdict: Verdict,
+    pub verdict: Reached,
 }
 
-/// Every frontend row of the table, in key order.
+/// A verdict with its endpoint set spelled out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "lowercase")]
+pub enum Reached {
+    /// DNAT to one of the endpoints.
+    Forward {
+        /// Candidate endpoints.
+        endpoints: Vec<SocketAddr>,
+        /// The endpoint sees the node's address instead of the client's.
+        masquerade: bool,
+    },
+    /// Refused at once: the service port has no usable endpoint anywhere.
+    Reject,
+    /// Silently dropped: endpoints exist, but none this traffic may use.
+    Drop,
+}
+
+impl Reached {
+    /// Spell out a plan's verdict.
+    pub fn of(fp: &FrontendPlan<'_>, verdict: Verdict) -> Reached {
+        match verdict {
+            Verdict::Forward { set, masquerade } => Reached::Forward {
+                endpoints: fp.endpoints(set).to_vec(),
+                masquerade,
+            },
+            Verdict::Reject => Reached::Reject,
+            Verdict::Drop => Reached::Drop,
+        }
+    }
+}
+
+/// Every frontend row of the table, in key order, from the same frontend
+/// plans the dataplanes program.
 pub fn rows(table: &BackendTable, opts: &RenderOptions) -> Vec<FrontendRow> {
     let families: &[IpFamily] = if opts.families.is_empty() {
         &IpFamily::ALL
@@ -66,70 +98,63 @@ pub fn rows(table: &BackendTable, opts: &RenderOptions) -> Vec<FrontendRow> {
         &opts.families
     };
     let mut out = Vec::new();
-    for (key, plan) in table.plans() {
+    for (_, plan) in table.plans() {
         for &family in families {
-            if !plan.info.has_family(family) {
+            let Some(fp) = FrontendPlan::new(plan, family, &opts.settings) else {
                 continue;
-            }
-            for (frontend, address) in frontends(plan, family, opts) {
-                let info = &plan.info;
-                let source_ranges = if frontend == FrontendKind::LoadBalancer {
-                    info.family(family).source_ranges.clone()
-                } else {
-                    Vec::new()
-                };
-                let routes = ClientKind::ALL
-                    .iter()
-                    .map(|&client| RouteRow {
-                        client,
-                        verdict: policy::route(plan, family, frontend, client, opts.masq, true),
-                    })
-                    .collect();
-                out.push(FrontendRow {
-                    service_port: key.clone(),
-                    service_type: info.service_type,
-                    family,
-                    frontend,
-                    address,
-                    source_ranges,
-                    affinity_timeout_seconds: info.affinity_timeout_secs,
-                    topology: plan.family(family).topology,
-                    routes,
-                });
+            };
+            for fe in &fp.frontends {
+                out.push(row(&fp, fe, fe.socket().to_string()));
+                if fe.kind == FrontendKind::ClusterIp
+                    && let Some(np) = unaddressed_node_port(&fp)
+                {
+                    out.push(row(&fp, &np, format!("*:{}", np.port)));
+                }
             }
         }
     }
     out
 }
 
-fn frontends(plan: &PortPlan, family: IpFamily, opts: &RenderOptions) -> Vec<(FrontendKind, String)> {
-    let info = &plan.info;
-    let f = info.family(family);
-    let sock = |ip: IpAddr| SocketAddr::new(ip, info.port).to_string();
-    let mut out = Vec::new();
-    if let Some(ip) = f.cluster_ip {
-        out.push((FrontendKind::ClusterIp, sock(ip)));
-    }
-    if let Some(np) = info.node_port {
-        let addrs: Vec<&IpAddr> = opts
-            .node_port_addresses
+/// A node port without any node address of this family still has its
+/// rules: it is shown, after the cluster IP, on `*`.
+fn unaddressed_node_port(fp: &FrontendPlan<'_>) -> Option<Frontend> {
+    let treatment = fp.external?;
+    let port = fp.node_port?;
+    fp.frontends_of(FrontendKind::NodePort)
+        .next()
+        .is_none()
+        .then_some(Frontend {
+            kind: FrontendKind::NodePort,
+            address: IpAddr::from([0, 0, 0, 0]),
+            port,
+            filtered: false,
+            treatment,
+        })
+}
+
+fn row(fp: &FrontendPlan<'_>, fe: &Frontend, address: String) -> FrontendRow {
+    FrontendRow {
+        service_port: fp.key.clone(),
+        service_type: fp.service_type,
+        family: fp.family,
+        frontend: fe.kind,
+        address,
+        source_ranges: if fe.kind == FrontendKind::LoadBalancer {
+            fp.source_ranges.to_vec()
+        } else {
+            Vec::new()
+        },
+        affinity_timeout_seconds: fp.affinity_timeout,
+        topology: fp.topology,
+        routes: ClientClass::CLIENTS
             .iter()
-            .filter(|a| IpFamily::of(a) == family)
-            .collect();
-        if addrs.is_empty() {
-            out.push((FrontendKind::NodePort, format!("*:{np}")));
-        }
-        for a in addrs {
-            out.push((FrontendKind::NodePort, SocketAddr::new(*a, np).to_string()));
-        }
+            .map(|&client| RouteRow {
+                client,
+                verdict: Reached::of(fp, fe.verdict(client)),
+            })
+            .collect(),
     }
-    out.extend(f.external_ips.iter().map(|ip| (FrontendKind::ExternalIp, sock(*ip))));
-    out.extend(
-        f.load_balancer_ips
-            .iter()
-            .map(|ip| (FrontendKind::LoadBalancer, sock(*ip))),
-    );
-    out
 }
 
 /// The rows as JSON.
@@ -147,7 +172,7 @@ pub fn to_text(rows: &[FrontendRow]) -> String {
         "ENDPOINTS".into(),
     ]];
     for row in rows {
-        let mut frontend = format!("{} {}", frontend_name(row.frontend), row.address);
+        let mut frontend = format!("{} {}", row.frontend.as_str(), row.address);
         let mut notes = Vec::new();
         if !row.source_ranges.is_empty() {
             let ranges: Vec<String> = row.source_ranges.iter().map(|r| r.to_string()).collect();
@@ -163,7 +188,7 @@ pub fn to_text(rows: &[FrontendRow]) -> String {
             let _ = write!(frontend, " ({})", notes.join("; "));
         }
         // Group clients that meet the same verdict.
-        let mut groups: Vec<(Vec<ClientKind>, &Verdict)> = Vec::new();
+        let mut groups: Vec<(Vec<ClientClass>, &Reached)> = Vec::new();
         for r in &row.routes {
             match groups.iter_mut().find(|(_, v)| **v == r.verdict) {
                 Some((clients, _)) => clients.push(r.client),
@@ -173,12 +198,12 @@ pub fn to_text(rows: &[FrontendRow]) -> String {
         for (i, (clients, verdict)) in groups.into_iter().enumerate() {
             let clients: Vec<&str> = clients.iter().map(|c| client_name(*c)).collect();
             let (verdict, endpoints) = match verdict {
-                Verdict::Forward { endpoints, masquerade } => (
+                Reached::Forward { endpoints, masquerade } => (
                     if *masquerade { "forward+masq" } else { "forward" }.to_string(),
                     endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" "),
                 ),
-                Verdict::Reject => ("reject".into(), "(no endpoints)".into()),
-                Verdict::Drop => ("drop".into(), "(none usable from here)".into()),
+                Reached::Reject => ("reject".into(), "(no endpoints)".into()),
+                Reached::Drop => ("drop".into(), "(none usable from here)".into()),
             };
             let (key, fe) = if i == 0 {
                 (row.service_port.to_string(), frontend.clone())
@@ -209,19 +234,11 @@ pub fn to_text(rows: &[FrontendRow]) -> String {
     out
 }
 
-fn frontend_name(k: FrontendKind) -> &'static str {
-    match k {
-        FrontendKind::ClusterIp => "ClusterIP",
-        FrontendKind::NodePort => "NodePort",
-        FrontendKind::ExternalIp => "ExternalIP",
-        FrontendKind::LoadBalancer => "LoadBalancer",
-    }
-}
-
-fn client_name(c: ClientKind) -> &'static str {
+fn client_name(c: ClientClass) -> &'static str {
     match c {
-        ClientKind::Pod => "pod",
-        ClientKind::Node => "node",
-        ClientKind::External => "external",
+        ClientClass::Pod => "pod",
+        ClientClass::Node => "node",
+        ClientClass::External => "external",
+        ClientClass::OutsideSourceRanges => "outside source ranges",
     }
 }

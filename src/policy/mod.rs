@@ -1,12 +1,12 @@
 //! Which endpoints serve whom. Pure functions over the model, following
-//! kube-proxy's `CategorizeEndpoints` and its iptables/nftables rule
-//! semantics, so every dataplane (and `render`, and the packet-flow tests)
-//! derive the same answer from one place.
+//! kube-proxy's `CategorizeEndpoints`: per service port and family, the
+//! cluster-wide and the local endpoint set (readiness, terminating
+//! fallback, topology). What each frontend does with them, per client, is
+//! the frontend plan's (`dataplane::frontends`), built from this.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::model::{Endpoint, IpFamily, Name, ServicePortInfo};
@@ -191,126 +191,6 @@ fn available_for_topology(e: &Endpoint, mode: TopologyMode, node: &NodeContext) 
         TopologyMode::PreferSameNode => e.node_hints.contains(&node.node_name),
         TopologyMode::PreferSameZone => node.zone.as_ref().is_some_and(|z| e.zone_hints.contains(z)),
     }
-}
-
-// === Routes: what a packet meets ===
-
-/// The kinds of frontend a service port can have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub enum FrontendKind {
-    /// The cluster IP.
-    #[serde(rename = "ClusterIP")]
-    ClusterIp,
-    /// A node port on the node's addresses.
-    NodePort,
-    /// An address from `spec.externalIPs`.
-    #[serde(rename = "ExternalIP")]
-    ExternalIp,
-    /// A load-balancer ingress IP.
-    LoadBalancer,
-}
-
-/// Where a connection comes from, as the rules tell it apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientKind {
-    /// A pod (source inside `--cluster-cidr`).
-    Pod,
-    /// A process on this node (host network).
-    Node,
-    /// Anything outside the cluster.
-    External,
-}
-
-impl ClientKind {
-    /// Every client kind, in print order.
-    pub const ALL: [ClientKind; 3] = [ClientKind::Pod, ClientKind::Node, ClientKind::External];
-}
-
-/// Masquerade settings that shape routes (not plans).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MasqueradeConfig {
-    /// `--masquerade-all`: SNAT everything sent to a cluster IP.
-    pub masquerade_all: bool,
-    /// `--cluster-cidr` is known, so pod traffic can be told from the rest.
-    pub detect_local: bool,
-}
-
-/// What happens to a new connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "verdict", rename_all = "lowercase")]
-pub enum Verdict {
-    /// DNAT to one of the endpoints.
-    Forward {
-        /// Candidate endpoints.
-        endpoints: Vec<SocketAddr>,
-        /// The endpoint sees the node's address instead of the client's.
-        masquerade: bool,
-    },
-    /// Refused at once: the service port has no usable endpoint anywhere.
-    Reject,
-    /// Silently dropped: endpoints exist, but none this traffic may use
-    /// (Local traffic policy without a local endpoint, or a source outside
-    /// `loadBalancerSourceRanges`).
-    Drop,
-}
-
-/// The verdict for a new connection from `client` to a `frontend` of this
-/// service port in `family`. `source_allowed` is false when the frontend is a
-/// load-balancer IP with source ranges that exclude the client.
-pub fn route(
-    plan: &PortPlan,
-    family: IpFamily,
-    frontend: FrontendKind,
-    client: ClientKind,
-    masq: MasqueradeConfig,
-    source_allowed: bool,
-) -> Verdict {
-    let info = &plan.info;
-    let fam = plan.family(family);
-    if !fam.has_any {
-        return Verdict::Reject;
-    }
-    if frontend == FrontendKind::LoadBalancer && !source_allowed {
-        return Verdict::Drop;
-    }
-    let forward = |endpoints: &[SocketAddr], masquerade: bool| {
-        if endpoints.is_empty() {
-            Verdict::Drop
-        } else {
-            Verdict::Forward {
-                endpoints: endpoints.to_vec(),
-                masquerade,
-            }
-        }
-    };
-    if frontend == FrontendKind::ClusterIp {
-        // Off-cluster sources are SNATed so replies come back through this
-        // node (a static route to the service range may point at any node).
-        let masquerade = masq.masquerade_all || (masq.detect_local && client != ClientKind::Pod);
-        return forward(fam.internal(info), masquerade);
-    }
-    if !info.external_local() {
-        // Cluster policy may cross nodes: always masquerade.
-        return forward(&fam.cluster, true);
-    }
-    // externalTrafficPolicy: Local keeps the client address. Pods and the
-    // node itself are special cases that upstream routes to the cluster-wide
-    // set, as if the traffic had gone out to the load balancer and back.
-    let short_circuit = info.uses_cluster_endpoints() && !fam.cluster.is_empty();
-    match client {
-        ClientKind::Pod if masq.detect_local && short_circuit => forward(&fam.cluster, false),
-        // Node-originated traffic picks the node's address as its source,
-        // which would not route back from another node: masquerade it.
-        ClientKind::Node if short_circuit => forward(&fam.cluster, true),
-        ClientKind::Node => forward(&fam.local, true),
-        _ => forward(&fam.local, false),
-    }
-}
-
-/// `loadBalancerSourceRanges` admits this source (no ranges admit everything).
-pub fn source_range_allows(ranges: &[IpNet], source: std::net::IpAddr) -> bool {
-    ranges.is_empty() || ranges.iter().any(|r| r.contains(&source))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Named tests of the policy: readiness, terminating fallback, traffic
-//! policies, topology and its fallbacks, and the route verdicts.
+//! policies, topology and its fallbacks. What each client meets through
+//! each frontend is tested on the frontend plan (`dataplane::frontends`).
 
 use std::net::SocketAddr;
 
@@ -44,15 +45,6 @@ fn v4(p: &PortPlan) -> &FamilyPlan {
     p.family(IpFamily::V4)
 }
 
-const MASQ: MasqueradeConfig = MasqueradeConfig {
-    masquerade_all: false,
-    detect_local: true,
-};
-
-fn verdict(p: &PortPlan, fe: FrontendKind, client: ClientKind) -> Verdict {
-    route(p, IpFamily::V4, fe, client, MASQ, true)
-}
-
 #[test]
 fn only_ready_endpoints_serve() {
     let p = plan_for(
@@ -85,26 +77,6 @@ fn terminating_fallback_when_no_endpoint_is_ready() {
 }
 
 #[test]
-fn no_usable_endpoint_rejects() {
-    let p = plan_for(
-        json!({}),
-        json!([ep_cond("10.0.1.1", "node-a", false, false, true)]),
-        None,
-    );
-    assert!(!v4(&p).has_any);
-    for fe in [FrontendKind::ClusterIp, FrontendKind::NodePort] {
-        for c in ClientKind::ALL {
-            assert_eq!(verdict(&p, fe, c), Verdict::Reject);
-        }
-    }
-    let empty = plan_for(json!({}), json!([]), None);
-    assert_eq!(
-        verdict(&empty, FrontendKind::ClusterIp, ClientKind::Pod),
-        Verdict::Reject
-    );
-}
-
-#[test]
 fn internal_traffic_policy_local_uses_local_endpoints() {
     let p = plan_for(
         json!({"internalTrafficPolicy": "Local"}),
@@ -114,13 +86,7 @@ fn internal_traffic_policy_local_uses_local_endpoints() {
     assert_eq!(v4(&p).local, [a("10.0.1.1")]);
     // The node port (externalTrafficPolicy Cluster) still uses every endpoint.
     assert_eq!(v4(&p).cluster.len(), 2);
-    assert_eq!(
-        verdict(&p, FrontendKind::ClusterIp, ClientKind::Pod),
-        Verdict::Forward {
-            endpoints: vec![a("10.0.1.1")],
-            masquerade: false
-        }
-    );
+    // The verdicts: `dataplane::frontends::tests`.
 }
 
 #[test]
@@ -132,8 +98,7 @@ fn internal_traffic_policy_local_without_local_endpoint_drops() {
     );
     assert!(v4(&p).local.is_empty());
     assert!(v4(&p).has_any, "endpoints exist elsewhere: drop, not reject");
-    assert_eq!(verdict(&p, FrontendKind::ClusterIp, ClientKind::Pod), Verdict::Drop);
-    assert_eq!(verdict(&p, FrontendKind::ClusterIp, ClientKind::Node), Verdict::Drop);
+    // The verdicts: `dataplane::frontends::tests`.
 }
 
 #[test]
@@ -152,161 +117,6 @@ fn local_terminating_fallback_is_independent_of_cluster() {
         [a("10.0.1.1")],
         "local falls back to its serving-terminating endpoint"
     );
-}
-
-#[test]
-fn external_traffic_policy_local_keeps_client_address() {
-    let p = plan_for(
-        json!({"type": "NodePort", "externalTrafficPolicy": "Local"}),
-        json!([ep("10.0.1.1", "node-a"), ep("10.0.1.2", "node-b")]),
-        None,
-    );
-    assert_eq!(
-        verdict(&p, FrontendKind::NodePort, ClientKind::External),
-        Verdict::Forward {
-            endpoints: vec![a("10.0.1.1")],
-            masquerade: false
-        }
-    );
-    // Pods short-circuit to every endpoint, unmasqueraded; the node itself is masqueraded.
-    assert_eq!(
-        verdict(&p, FrontendKind::NodePort, ClientKind::Pod),
-        Verdict::Forward {
-            endpoints: vec![a("10.0.1.1"), a("10.0.1.2")],
-            masquerade: false
-        }
-    );
-    assert_eq!(
-        verdict(&p, FrontendKind::NodePort, ClientKind::Node),
-        Verdict::Forward {
-            endpoints: vec![a("10.0.1.1"), a("10.0.1.2")],
-            masquerade: true
-        }
-    );
-    // Without --cluster-cidr, pods cannot be told apart: they get the external treatment.
-    let no_detect = MasqueradeConfig {
-        masquerade_all: false,
-        detect_local: false,
-    };
-    assert_eq!(
-        route(
-            &p,
-            IpFamily::V4,
-            FrontendKind::NodePort,
-            ClientKind::Pod,
-            no_detect,
-            true
-        ),
-        Verdict::Forward {
-            endpoints: vec![a("10.0.1.1")],
-            masquerade: false
-        }
-    );
-}
-
-#[test]
-fn external_traffic_policy_local_without_local_endpoint_drops_external_traffic() {
-    let p = plan_for(
-        json!({"type": "NodePort", "externalTrafficPolicy": "Local"}),
-        json!([ep("10.0.1.2", "node-b")]),
-        None,
-    );
-    assert_eq!(verdict(&p, FrontendKind::NodePort, ClientKind::External), Verdict::Drop);
-    assert_eq!(
-        verdict(&p, FrontendKind::NodePort, ClientKind::Pod),
-        Verdict::Forward {
-            endpoints: vec![a("10.0.1.2")],
-            masquerade: false
-        }
-    );
-    // Cluster IP traffic is unaffected by the external policy.
-    assert!(matches!(
-        verdict(&p, FrontendKind::ClusterIp, ClientKind::Pod),
-        Verdict::Forward { .. }
-    ));
-}
-
-#[test]
-fn external_traffic_policy_cluster_masquerades_everything() {
-    let p = plan_for(
-        json!({"type": "NodePort"}),
-        json!([ep("10.0.1.1", "node-a"), ep("10.0.1.2", "node-b")]),
-        None,
-    );
-    for c in ClientKind::ALL {
-        assert_eq!(
-            verdict(&p, FrontendKind::NodePort, c),
-            Verdict::Forward {
-                endpoints: vec![a("10.0.1.1"), a("10.0.1.2")],
-                masquerade: true
-            }
-        );
-    }
-}
-
-#[test]
-fn cluster_ip_masquerade_follows_cluster_cidr_and_masquerade_all() {
-    let p = plan_for(json!({}), json!([ep("10.0.1.1", "node-a")]), None);
-    let fwd = |m| Verdict::Forward {
-        endpoints: vec![a("10.0.1.1")],
-        masquerade: m,
-    };
-    assert_eq!(verdict(&p, FrontendKind::ClusterIp, ClientKind::Pod), fwd(false));
-    assert_eq!(verdict(&p, FrontendKind::ClusterIp, ClientKind::External), fwd(true));
-    let all = MasqueradeConfig {
-        masquerade_all: true,
-        detect_local: false,
-    };
-    assert_eq!(
-        route(&p, IpFamily::V4, FrontendKind::ClusterIp, ClientKind::Pod, all, true),
-        fwd(true)
-    );
-    let none = MasqueradeConfig::default();
-    assert_eq!(
-        route(
-            &p,
-            IpFamily::V4,
-            FrontendKind::ClusterIp,
-            ClientKind::External,
-            none,
-            true
-        ),
-        fwd(false)
-    );
-}
-
-#[test]
-fn load_balancer_source_ranges_drop_other_sources() {
-    let p = plan_for(
-        json!({"type": "LoadBalancer", "loadBalancerSourceRanges": ["198.51.100.0/24"]}),
-        json!([ep("10.0.1.1", "node-a")]),
-        None,
-    );
-    let ranges = &p.info.family(IpFamily::V4).source_ranges;
-    assert!(source_range_allows(ranges, "198.51.100.7".parse().unwrap()));
-    assert!(!source_range_allows(ranges, "203.0.113.1".parse().unwrap()));
-    assert_eq!(
-        route(
-            &p,
-            IpFamily::V4,
-            FrontendKind::LoadBalancer,
-            ClientKind::External,
-            MASQ,
-            false
-        ),
-        Verdict::Drop
-    );
-    assert!(matches!(
-        route(
-            &p,
-            IpFamily::V4,
-            FrontendKind::LoadBalancer,
-            ClientKind::External,
-            MASQ,
-            true
-        ),
-        Verdict::Forward { .. }
-    ));
 }
 
 #[test]

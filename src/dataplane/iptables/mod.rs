@@ -5,6 +5,7 @@
 //! dispatch rules it adds or deletes one by one.
 
 pub mod fake;
+pub mod programmed;
 pub mod rules;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
