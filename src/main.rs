@@ -12,7 +12,8 @@ use sliceproxy::dataplane::addresses;
 use sliceproxy::dataplane::conntrack::NetlinkConntrack;
 use sliceproxy::dataplane::exec::{Exec, HostExec};
 use sliceproxy::dataplane::frontends::NodeSettings;
-use sliceproxy::dataplane::iptables::{self, IptablesConfig, IptablesDataplane};
+use sliceproxy::dataplane::iptables::{IptablesConfig, IptablesDataplane};
+use sliceproxy::dataplane::xtables;
 use sliceproxy::model::IpFamily;
 use sliceproxy::policy::NodeContext;
 use sliceproxy::render::{self, RenderOptions};
@@ -352,13 +353,13 @@ fn node_settings(config: &Config, node_port_addresses: &[IpAddr]) -> NodeSetting
 /// The families to program: those the cluster CIDRs name; without them,
 /// IPv4 and, where the IPv6 tools work, IPv6 (a node without IPv6 has
 /// nothing to program there).
-fn families_for(config: &Config, exec: &mut HostExec, variant: iptables::Variant) -> Vec<IpFamily> {
+fn families_for(config: &Config, exec: &mut HostExec, variant: xtables::Variant) -> Vec<IpFamily> {
     let mut families: Vec<IpFamily> = config.cluster_cidrs.iter().map(|c| IpFamily::of(&c.addr())).collect();
     families.sort();
     families.dedup();
     if families.is_empty() {
         families.push(IpFamily::V4);
-        let v6 = iptables::Tools::new(IpFamily::V6, variant);
+        let v6 = xtables::Tools::new(IpFamily::V6, variant);
         if exec
             .run(&v6.save, &["-t", "nat"], b"")
             .map(|o| o.success)
@@ -375,7 +376,7 @@ fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, String> {
     match config.mode {
         ProxyMode::Iptables => {
             let mut exec = HostExec::new();
-            let variant = iptables::detect_variant(&mut exec);
+            let variant = xtables::detect_variant(&mut exec);
             let families = families_for(config, &mut exec, variant);
             tracing::info!(?variant, ?families, "iptables mode");
             let cfg = IptablesConfig {
@@ -398,7 +399,7 @@ fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, String> {
 fn ipvs_dataplane(config: &Config) -> Result<Box<dyn Dataplane>, String> {
     use sliceproxy::dataplane::ipvs::{IpvsDataplane, IpvsDataplaneConfig, kernel::FakeIpvs, link::RtLinks};
     let mut exec = HostExec::new();
-    let variant = iptables::detect_variant(&mut exec);
+    let variant = xtables::detect_variant(&mut exec);
     let families = families_for(config, &mut exec, variant);
     let kernel: Box<dyn sliceproxy::dataplane::ipvs::kernel::IpvsKernel> =
         match sliceproxy::dataplane::ipvs::netlink::IpvsClient::connect() {

@@ -640,5 +640,5 @@ async fn packets_flow_through_iptables_mode() {
 
 /// Split an iptables-save rule into arguments (comments are double-quoted).
 fn shell_split(s: &str) -> Vec<String> {
-    sliceproxy::dataplane::iptables::shell_words(s)
+    sliceproxy::dataplane::xtables::shell_words(s)
 }

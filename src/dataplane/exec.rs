@@ -25,6 +25,55 @@ impl ExecOutput {
     }
 }
 
+/// A tool that could not be run, or that exited with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// It could not be started (not installed, no permission).
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran and failed.
+    #[error("{program} {args}: {stderr}")]
+    Failed {
+        /// The program.
+        program: String,
+        /// Its arguments, space-separated.
+        args: String,
+        /// What it said on standard error.
+        stderr: String,
+    },
+}
+
+impl ToolError {
+    /// The program that failed.
+    pub fn program(&self) -> &str {
+        match self {
+            ToolError::Spawn { program, .. } | ToolError::Failed { program, .. } => program,
+        }
+    }
+}
+
+/// Run `program args...` with `stdin`; its standard output when it exits 0.
+pub fn run_tool(exec: &mut dyn Exec, program: &str, args: &[&str], stdin: &[u8]) -> Result<String, ToolError> {
+    let out = exec.run(program, args, stdin).map_err(|source| ToolError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
+    if !out.success {
+        return Err(ToolError::Failed {
+            program: program.to_string(),
+            args: args.join(" "),
+            stderr: out.stderr_text(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs a program with arguments and standard input.
 pub trait Exec: Send {
     /// Run `program args...`, feeding `stdin`; `Err` only when it could not be started.

@@ -11,6 +11,7 @@ pub mod frontends;
 pub mod iptables;
 pub mod ipvs;
 pub mod memory;
+pub mod xtables;
 
 use std::time::Duration;
 

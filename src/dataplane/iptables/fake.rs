@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::shell_words;
 use crate::dataplane::exec::{Exec, ExecOutput};
+use crate::dataplane::xtables::shell_words;
 
 const BUILTIN_CHAINS: &[(&str, &[&str])] = &[
     ("nat", &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]),

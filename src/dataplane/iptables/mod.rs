@@ -12,85 +12,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use rules::{DispatchRule, OwnChain, PortRules, Table};
+use rules::{DispatchRule, OwnChain, PortRules};
 
 use super::addresses;
-use super::exec::Exec;
+use super::exec::{Exec, ToolError};
 use super::frontends::{FrontendPlan, NodeSettings};
+use super::xtables::{self, ChainOwner, Jump, Table, Tools, Variant, shell_words};
 use super::{Dataplane, DataplaneError, SyncScope, SyncStats};
 use crate::config::NodePortAddresses;
 use crate::model::{IpFamily, ServicePortKey};
 use crate::track::BackendTable;
-
-/// Which iptables the host uses. Both can be installed; the kernel keeps
-/// their rules apart, so we must use the one the host firewall uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Variant {
-    /// iptables-nft (`iptables --version` says `nf_tables`).
-    Nft,
-    /// iptables-legacy.
-    Legacy,
-}
-
-/// The command names of one family and variant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tools {
-    /// `iptables` / `ip6tables` (and the `-nft`/`-legacy` spellings).
-    pub iptables: String,
-    /// `iptables-restore`.
-    pub restore: String,
-    /// `iptables-save`.
-    pub save: String,
-}
-
-impl Tools {
-    /// The tools for a family and variant.
-    pub fn new(family: IpFamily, variant: Variant) -> Tools {
-        let base = match family {
-            IpFamily::V4 => "iptables",
-            IpFamily::V6 => "ip6tables",
-        };
-        let suffix = match variant {
-            Variant::Nft => "-nft",
-            Variant::Legacy => "-legacy",
-        };
-        Tools {
-            iptables: format!("{base}{suffix}"),
-            restore: format!("{base}{suffix}-restore"),
-            save: format!("{base}{suffix}-save"),
-        }
-    }
-}
-
-/// Find out which variant the host uses, as kube-proxy's iptables wrapper
-/// does: the one holding more rules wins (a host firewall or another
-/// component already chose); with none anywhere, what `iptables` points at.
-pub fn detect_variant(exec: &mut dyn Exec) -> Variant {
-    let count = |exec: &mut dyn Exec, tool: &str| -> usize {
-        exec.run(tool, &[], b"")
-            .ok()
-            .filter(|o| o.success)
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter(|l| l.starts_with("-A "))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    let legacy = count(exec, "iptables-legacy-save") + count(exec, "ip6tables-legacy-save");
-    let nft = count(exec, "iptables-nft-save") + count(exec, "ip6tables-nft-save");
-    if legacy > nft {
-        return Variant::Legacy;
-    }
-    if nft > legacy {
-        return Variant::Nft;
-    }
-    match exec.run("iptables", &["--version"], b"") {
-        Ok(o) if String::from_utf8_lossy(&o.stdout).contains("legacy") => Variant::Legacy,
-        _ => Variant::Nft,
-    }
-}
 
 /// One family's backend state.
 struct FamilyState {
@@ -197,7 +128,7 @@ fn full_restore(
     family: IpFamily,
     settings: &NodeSettings,
     stale: &BTreeMap<Table, BTreeSet<String>>,
-    missing_jumps: &[rules::Jump],
+    missing_jumps: &[Jump],
 ) -> String {
     let mut out = String::new();
     for table in [Table::Nat, Table::Filter] {
@@ -272,17 +203,13 @@ fn option(words: &[String], name: &str) -> String {
 /// listed in `-S`/`iptables-save` form. A jump counts as present when a
 /// rule of that built-in chain jumps to our chain with our comment (the
 /// tools may print matches in another order than we wrote them).
-fn missing_jumps(listing: &str) -> Vec<rules::Jump> {
+fn missing_jumps(listing: &str) -> Vec<Jump> {
     let mut table: Option<Table> = None;
     let mut present: BTreeSet<(Table, String, String, String)> = BTreeSet::new();
     for line in listing.lines() {
         // `*nat` in a save; `# table nat` marks our own `-S` listings.
         if let Some(t) = line.strip_prefix('*').or_else(|| line.strip_prefix("# table ")) {
-            table = match t.trim() {
-                "nat" => Some(Table::Nat),
-                "filter" => Some(Table::Filter),
-                _ => None,
-            };
+            table = Table::parse(t);
             continue;
         }
         let Some(table) = table else { continue };
@@ -398,30 +325,6 @@ fn partial_restore(changes: &[(&ServicePortKey, Option<&PortRules>, Option<&Port
     out
 }
 
-/// Our chains in an `iptables-save` dump, per table.
-fn our_chains(save: &str) -> BTreeMap<Table, BTreeSet<String>> {
-    let mut out: BTreeMap<Table, BTreeSet<String>> = BTreeMap::new();
-    let mut table = None;
-    for line in save.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = match t.trim() {
-                "nat" => Some(Table::Nat),
-                "filter" => Some(Table::Filter),
-                _ => None,
-            };
-        } else if let (Some(t), Some(rest)) = (table, line.strip_prefix(':')) {
-            let name = rest.split_whitespace().next().unwrap_or("");
-            // SP-IPVS-* chains belong to the IPVS mode's small iptables layer.
-            if name.starts_with(rules::PREFIX) && !name.starts_with("SP-IPVS-") {
-                out.entry(t).or_default().insert(name.to_string());
-            }
-        }
-    }
-    out
-}
-
-const RESTORE_ARGS: &[&str] = &["-w", "5", "--noflush"];
-
 /// Service ports per transaction in a large full sync, per variant.
 /// iptables-nft-restore (1.8.9) with --noflush takes time quadratic in the
 /// chains one transaction declares, so it gets small transactions;
@@ -437,38 +340,45 @@ fn chunk_size(variant: Variant) -> usize {
 /// See [`chunk_size`]; tuned by `benches/iptables.rs`.
 pub const NFT_CHUNK: usize = 100;
 
+/// A refused or failed xtables command as the agent reports it.
+fn xtables_error(family: IpFamily, e: ToolError) -> DataplaneError {
+    match e {
+        ToolError::Spawn { program, source } => DataplaneError::Exec {
+            tool: if program.ends_with("-restore") {
+                "iptables-restore"
+            } else if program.ends_with("-save") {
+                "iptables-save"
+            } else {
+                "iptables"
+            },
+            source,
+        },
+        ToolError::Failed { program, args, stderr } => DataplaneError::Refused {
+            tool: if program.ends_with("-restore") {
+                "iptables-restore"
+            } else if program.ends_with("-save") {
+                "iptables-save"
+            } else {
+                "iptables"
+            },
+            message: if program.ends_with("-restore") {
+                format!("{program} ({family}): {stderr}")
+            } else {
+                format!("{program} {args}: {stderr}")
+            },
+        },
+    }
+}
+
 impl FamilyState {
     fn restore(&self, exec: &mut dyn Exec, input: &str) -> Result<(), DataplaneError> {
-        let out = exec
-            .run(&self.tools.restore, RESTORE_ARGS, input.as_bytes())
-            .map_err(|source| DataplaneError::Exec {
-                tool: "iptables-restore",
-                source,
-            })?;
-        if out.success {
-            Ok(())
-        } else {
-            Err(DataplaneError::Refused {
-                tool: "iptables-restore",
-                message: format!("{} ({}): {}", self.tools.restore, self.family, out.stderr_text()),
-            })
-        }
+        self.tools
+            .restore(exec, input)
+            .map_err(|e| xtables_error(self.family, e))
     }
 
     fn save(&self, exec: &mut dyn Exec) -> Result<String, DataplaneError> {
-        let out = exec
-            .run(&self.tools.save, &[], b"")
-            .map_err(|source| DataplaneError::Exec {
-                tool: "iptables-save",
-                source,
-            })?;
-        if !out.success {
-            return Err(DataplaneError::Refused {
-                tool: "iptables-save",
-                message: out.stderr_text(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.tools.save(exec).map_err(|e| xtables_error(self.family, e))
     }
 
     /// The rules of the built-in chains we jump from, one `-S` listing per
@@ -480,20 +390,12 @@ impl FamilyState {
         pairs.dedup();
         let mut out = String::new();
         for (table, chain) in pairs {
-            let o = exec
-                .run(&self.tools.iptables, &["-w", "5", "-t", table.name(), "-S", chain], b"")
-                .map_err(|source| DataplaneError::Exec {
-                    tool: "iptables",
-                    source,
-                })?;
-            if !o.success {
-                return Err(DataplaneError::Refused {
-                    tool: "iptables",
-                    message: format!("-t {} -S {chain}: {}", table.name(), o.stderr_text()),
-                });
-            }
+            let listing = self
+                .tools
+                .list(exec, table, chain)
+                .map_err(|e| xtables_error(self.family, e))?;
             let _ = writeln!(out, "# table {}", table.name());
-            out.push_str(&String::from_utf8_lossy(&o.stdout));
+            out.push_str(&listing);
         }
         Ok(out)
     }
@@ -510,7 +412,7 @@ impl FamilyState {
             // Chains a previous run left behind (an agent restart, a crash):
             // they are ours to delete if no longer wanted.
             let save = self.save(exec)?;
-            for (t, chains) in our_chains(&save) {
+            for (t, chains) in xtables::chains_of(&save, ChainOwner::IptablesMode) {
                 self.known_chains.entry(t).or_default().extend(chains);
             }
             missing_jumps(&save)
@@ -626,71 +528,21 @@ impl FamilyState {
         Ok(())
     }
 
-    /// Remove every jump and chain of ours, leaving everything else alone.
+    /// Remove every jump and chain of ours, leaving everything else alone
+    /// (the IPVS layer's chains included: `--cleanup` runs that mode first).
     fn cleanup(&mut self, exec: &mut dyn Exec) -> Result<(), DataplaneError> {
         for j in rules::jumps() {
-            let spec = shell_words(&j.spec);
-            let mut args = vec!["-w", "5", "-t", j.table.name(), "-D", j.from];
-            args.extend(spec.iter().map(String::as_str));
-            // A jump may have been inserted twice (two agents raced): delete until gone.
-            for _ in 0..8 {
-                match exec.run(&self.tools.iptables, &args, b"") {
-                    Ok(o) if o.success => continue,
-                    _ => break,
-                }
-            }
+            self.tools.delete_jump(exec, &j);
         }
-        let found = our_chains(&self.save(exec)?);
-        let mut input = String::new();
-        for (table, chains) in &found {
-            let _ = writeln!(input, "*{}", table.name());
-            for c in chains {
-                chain_line(&mut input, c);
-            }
-            for c in chains {
-                let _ = writeln!(input, "-X {c}");
-            }
-            let _ = writeln!(input, "COMMIT");
-        }
-        if !input.is_empty() {
-            self.restore(exec, &input)?;
-        }
+        let found = xtables::chains_of(&self.save(exec)?, ChainOwner::IptablesMode);
+        self.tools
+            .delete_chains(exec, &found)
+            .map_err(|e| xtables_error(self.family, e))?;
         self.applied.clear();
         self.known_chains.clear();
         self.discover = true;
         Ok(())
     }
-}
-
-/// Split a rule spec into arguments the way iptables-restore does: on
-/// spaces, with double quotes grouping (our comments are the only quoted part).
-pub fn shell_words(spec: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut has = false;
-    for ch in spec.chars() {
-        match ch {
-            '"' => {
-                quoted = !quoted;
-                has = true;
-            }
-            ' ' if !quoted => {
-                if has {
-                    words.push(std::mem::take(&mut cur));
-                    has = false;
-                }
-            }
-            c => {
-                cur.push(c);
-                has = true;
-            }
-        }
-    }
-    if has {
-        words.push(cur);
-    }
-    words
 }
 
 impl Dataplane for IptablesDataplane {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use super::rules::{EXTERNAL_SERVICES, NODEPORT_ADDRS, NODEPORTS, SERVICES};
-use super::shell_words;
+use crate::dataplane::xtables::shell_words;
 use crate::model::Protocol;
 
 /// A frontend as rules match it.

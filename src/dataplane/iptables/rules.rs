@@ -23,10 +23,9 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::dataplane::frontends::{FamilySettings, Frontend, FrontendKind, FrontendPlan, Masquerade, Route, SetKind};
+use crate::dataplane::xtables::{CHAIN_PREFIX, Jump, Table};
 use crate::model::{IpFamily, Protocol, ServicePortKey};
 
-/// Prefix of every chain we create.
-pub const PREFIX: &str = "SP-";
 /// Dispatch chain of the nat table (and the filter chain for cluster IPs).
 pub const SERVICES: &str = "SP-SERVICES";
 /// Node-port dispatch chain.
@@ -45,25 +44,6 @@ pub const FIREWALL: &str = "SP-FIREWALL";
 pub const FORWARD: &str = "SP-FORWARD";
 /// The masquerade mark bit (kube-proxy's default, bit 14).
 pub const MASQ_MARK: &str = "0x4000/0x4000";
-
-/// The two tables we write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Table {
-    /// `nat`.
-    Nat,
-    /// `filter`.
-    Filter,
-}
-
-impl Table {
-    /// Its name in `iptables-restore` input.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Nat => "nat",
-            Table::Filter => "filter",
-        }
-    }
-}
 
 /// A rule in one of the shared dispatch chains, owned by one service port:
 /// added and deleted one by one, never by rewriting the chain.
@@ -113,12 +93,15 @@ pub fn short_hash(input: &str) -> String {
 fn chain(kind: &str, key: &ServicePortKey, family: IpFamily) -> String {
     // The family is part of the hash so IPv4 and IPv6 chain names never meet
     // in messages or in a shared save file.
-    format!("{PREFIX}{kind}-{}", short_hash(&format!("{key}/{family}")))
+    format!("{CHAIN_PREFIX}{kind}-{}", short_hash(&format!("{key}/{family}")))
 }
 
 /// Name of an endpoint chain.
 pub fn endpoint_chain(key: &ServicePortKey, family: IpFamily, endpoint: &SocketAddr) -> String {
-    format!("{PREFIX}SEP-{}", short_hash(&format!("{key}/{family}/{endpoint}")))
+    format!(
+        "{CHAIN_PREFIX}SEP-{}",
+        short_hash(&format!("{key}/{family}/{endpoint}"))
+    )
 }
 
 fn proto_match(p: Protocol) -> String {
@@ -526,18 +509,6 @@ pub fn static_chains(table: Table, cfg: &FamilySettings) -> Vec<OwnChain> {
             },
         ],
     }
-}
-
-/// A jump from a built-in chain into one of ours. Kept in the built-in
-/// chain with `-I` (first position) and checked with `-C` on full syncs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Jump {
-    /// Table.
-    pub table: Table,
-    /// Built-in chain.
-    pub from: &'static str,
-    /// Rule spec.
-    pub spec: String,
 }
 
 /// Every jump from a built-in chain, in the order they should end up.

@@ -23,13 +23,12 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::dataplane::frontends::{FrontendKind, FrontendPlan, Masquerade, NodeSettings};
+use crate::dataplane::xtables::{Jump, Table};
 use crate::model::{IpFamily, Protocol};
 
 /// Default name of the dummy interface holding service addresses
 /// (`sliceproxy-ipvs0` would be 16 bytes; Linux allows 15).
 pub const INTERFACE: &str = "sliceproxy-ipvs";
-/// Prefix of every chain of this mode.
-pub const CHAIN_PREFIX: &str = "SP-IPVS-";
 /// nat: marks and classifies service traffic.
 pub const SERVICES: &str = "SP-IPVS-SERVICES";
 /// nat: sets the masquerade mark.
@@ -377,23 +376,20 @@ pub fn iptables_rules(family: IpFamily, settings: &NodeSettings) -> String {
     out
 }
 
-/// A jump from a built-in chain into ours: (table, built-in chain, target).
-pub const JUMPS: &[(&str, &str, &str)] = &[
-    ("nat", "PREROUTING", SERVICES),
-    ("nat", "OUTPUT", SERVICES),
-    ("nat", "POSTROUTING", POSTROUTING),
-    ("filter", "INPUT", FILTER),
-    ("filter", "FORWARD", FORWARD),
-];
-
-/// The argument list of a jump after `-t TABLE -X CHAIN`.
-pub fn jump_spec(target: &str) -> Vec<String> {
-    vec![
-        "-m".into(),
-        "comment".into(),
-        "--comment".into(),
-        "sliceproxy ipvs".into(),
-        "-j".into(),
-        target.into(),
+/// The jumps from the built-in chains into ours.
+pub fn jumps() -> Vec<Jump> {
+    [
+        (Table::Nat, "PREROUTING", SERVICES),
+        (Table::Nat, "OUTPUT", SERVICES),
+        (Table::Nat, "POSTROUTING", POSTROUTING),
+        (Table::Filter, "INPUT", FILTER),
+        (Table::Filter, "FORWARD", FORWARD),
     ]
+    .into_iter()
+    .map(|(table, from, to)| Jump {
+        table,
+        from,
+        spec: format!("{} -j {to}", comment("sliceproxy ipvs")),
+    })
+    .collect()
 }

@@ -34,9 +34,9 @@ use self::kernel::IpvsKernel;
 use self::layout::{PortLayout, SetEntry, VirtualServer, VsKey};
 use self::link::Links;
 use self::netlink::{ForwardMethod, IpvsError, RealServer, ServiceFlags, Timeouts, VirtualService};
-use super::exec::Exec;
+use super::exec::{Exec, ToolError};
 use super::frontends::{FrontendPlan, NodeSettings};
-use super::iptables::{Tools, Variant};
+use super::xtables::{self, ChainOwner, Tools, Variant};
 use super::{Dataplane, DataplaneError, SyncScope, SyncStats, addresses};
 use crate::config::NodePortAddresses;
 use crate::model::{IpFamily, Protocol, ServicePortKey};
@@ -139,6 +139,19 @@ fn err(tool: &'static str, e: impl std::fmt::Display) -> DataplaneError {
     DataplaneError::Refused {
         tool,
         message: e.to_string(),
+    }
+}
+
+/// A failed xtables command, as the agent reports it.
+fn tool_error(e: ToolError) -> DataplaneError {
+    let tool = if e.program().ends_with("-restore") {
+        "iptables-restore"
+    } else {
+        "iptables"
+    };
+    match e {
+        ToolError::Spawn { source, .. } => DataplaneError::Exec { tool, source },
+        e @ ToolError::Failed { .. } => err(tool, e),
     }
 }
 
@@ -464,19 +477,10 @@ impl IpvsDataplane {
     fn iptables_family(&mut self, family: IpFamily) -> Result<usize, DataplaneError> {
         let tools = Tools::new(family, self.cfg.variant);
         let input = layout::iptables_rules(family, &self.cfg.settings);
-        self.run("iptables-restore", &tools.restore, &["-w", "5", "--noflush"], &input)?;
-        for (table, from, to) in layout::JUMPS {
-            let spec = layout::jump_spec(to);
-            let mut args: Vec<&str> = vec!["-w", "5", "-t", table, "-C", from];
-            args.extend(spec.iter().map(String::as_str));
-            let present = self
-                .exec
-                .run(&tools.iptables, &args, b"")
-                .map(|o| o.success)
-                .unwrap_or(false);
-            if !present {
-                args[4] = "-I";
-                self.run("iptables", &tools.iptables, &args, "")?;
+        tools.restore(self.exec.as_mut(), &input).map_err(tool_error)?;
+        for jump in layout::jumps() {
+            if !tools.has_jump(self.exec.as_mut(), &jump) {
+                tools.insert_jump(self.exec.as_mut(), &jump).map_err(tool_error)?;
             }
         }
         Ok(input.len())
@@ -853,49 +857,15 @@ impl IpvsDataplane {
 
     fn cleanup_iptables(&mut self, family: IpFamily) -> Result<(), DataplaneError> {
         let tools = Tools::new(family, self.cfg.variant);
-        for (table, from, to) in layout::JUMPS {
-            let spec = layout::jump_spec(to);
-            let mut args: Vec<&str> = vec!["-w", "5", "-t", table, "-D", from];
-            args.extend(spec.iter().map(String::as_str));
-            for _ in 0..8 {
-                match self.exec.run(&tools.iptables, &args, b"") {
-                    Ok(o) if o.success => continue,
-                    _ => break,
-                }
-            }
+        for jump in layout::jumps() {
+            tools.delete_jump(self.exec.as_mut(), &jump);
         }
-        let save = match self.exec.run(&tools.save, &[], b"") {
-            Ok(o) if o.success => String::from_utf8_lossy(&o.stdout).into_owned(),
+        let Ok(save) = tools.save(self.exec.as_mut()) else {
             // No such tool or family on this host: nothing of ours there.
-            _ => return Ok(()),
+            return Ok(());
         };
-        let mut input = String::new();
-        let mut table = "";
-        let mut chains: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for line in save.lines() {
-            if let Some(t) = line.strip_prefix('*') {
-                table = t.trim();
-            } else if let Some(rest) = line.strip_prefix(':') {
-                let name = rest.split_whitespace().next().unwrap_or("");
-                if name.starts_with(layout::CHAIN_PREFIX) {
-                    chains.entry(table).or_default().push(name);
-                }
-            }
-        }
-        for (t, cs) in &chains {
-            let _ = writeln!(input, "*{t}");
-            for c in cs {
-                let _ = writeln!(input, ":{c} - [0:0]");
-            }
-            for c in cs {
-                let _ = writeln!(input, "-X {c}");
-            }
-            let _ = writeln!(input, "COMMIT");
-        }
-        if !input.is_empty() {
-            self.run("iptables-restore", &tools.restore, &["-w", "5", "--noflush"], &input)?;
-        }
-        Ok(())
+        let chains = xtables::chains_of(&save, ChainOwner::IpvsLayer);
+        tools.delete_chains(self.exec.as_mut(), &chains).map_err(tool_error)
     }
 }
 
