@@ -19,8 +19,8 @@ RUN cargo build --release --locked --bin sliceproxy \
 FROM debian:bookworm-slim
 # Exactly the userspace tools the agent execs:
 #   iptables  - iptables/ip6tables(-nft|-legacy)(-save|-restore), the iptables mode
-#   iproute2  - `ip -j addr show` (node addresses for node ports, as a fallback
-#               to netlink) and `ip netns exec` for namespaced execution
+#   iproute2  - `ip netns exec` for namespaced execution, and `ip` for
+#               operators (node addresses are read over rtnetlink, not `ip`)
 #   ipset     - the IPVS mode's sets (`ipset restore`, `ipset save`, `ipset swap`)
 #   procps    - `sysctl`, the IPVS mode's kernel settings (vs.conntrack, ...)
 # Not installed: nftables (no nftables mode is built yet), conntrack (stale

@@ -24,6 +24,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde_yaml::{Mapping, Value};
 
+use crate::model::NodePortAddresses;
+
 /// The only `apiVersion` accepted in a config file.
 pub const API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
 /// The only `kind` accepted in a config file.
@@ -270,18 +272,6 @@ impl FromStr for ProxyMode {
             _ => Err("must be iptables, nftables or ipvs (blank means iptables)".to_string()),
         }
     }
-}
-
-/// --nodeport-addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum NodePortAddresses {
-    /// default: all of the node's own addresses (never 127.0.0.0/8 or ::1)
-    #[default]
-    All,
-    /// upstream's "primary": the node's primary IPs
-    Primary,
-    /// Only node addresses inside these CIDRs.
-    Cidrs(Vec<IpNet>),
 }
 
 /// IPVS settings (used by a later issue; parse and validate them now).

@@ -8,13 +8,13 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sliceproxy::config::{Config, ProxyFlags, ProxyMode};
 use sliceproxy::dataplane::Dataplane;
-use sliceproxy::dataplane::addresses;
 use sliceproxy::dataplane::conntrack::NetlinkConntrack;
 use sliceproxy::dataplane::exec::{Exec, HostExec};
 use sliceproxy::dataplane::frontends::NodeSettings;
 use sliceproxy::dataplane::iptables::{IptablesConfig, IptablesDataplane};
 use sliceproxy::dataplane::xtables;
 use sliceproxy::model::IpFamily;
+use sliceproxy::netaddr::{AddressReader, NetaddrError, NodePortSource};
 use sliceproxy::policy::NodeContext;
 use sliceproxy::render::{self, RenderOptions};
 use sliceproxy::snapshot::Snapshot;
@@ -339,15 +339,18 @@ fn offline_settings(config: &Config, snapshot: &Snapshot) -> NodeSettings {
         .and_then(|n| sliceproxy::watch::convert::node(n).ok())
         .map(|n| n.addresses)
         .unwrap_or_default();
-    node_settings(
-        config,
-        &addresses::node_port_addresses(&config.nodeport_addresses, &node_addresses),
-    )
+    node_settings(config, &config.nodeport_addresses.select(&node_addresses))
 }
 
 /// The node's settings.
 fn node_settings(config: &Config, node_port_addresses: &[IpAddr]) -> NodeSettings {
     NodeSettings::new(&config.cluster_cidrs, config.masquerade_all, node_port_addresses)
+}
+
+/// Node ports on the node's addresses as `--nodeport-addresses` selects them.
+fn node_port_source(config: &Config) -> Result<NodePortSource, String> {
+    let reader = AddressReader::open().map_err(|e| format!("node addresses: rtnetlink: {e}"))?;
+    Ok(NodePortSource::new(config.nodeport_addresses.clone(), Box::new(reader)))
 }
 
 /// The families to program: those the cluster CIDRs name; without them,
@@ -383,7 +386,7 @@ fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, String> {
                 families,
                 variant,
                 settings: node_settings(config, &[]),
-                node_ports: Some(config.nodeport_addresses.clone()),
+                node_ports: Some(node_port_source(config)?),
             };
             Ok(Box::new(IptablesDataplane::new(Box::new(exec), cfg)))
         }
@@ -423,7 +426,7 @@ fn ipvs_dataplane(config: &Config) -> Result<Box<dyn Dataplane>, String> {
         variant,
         settings: node_settings(config, &[]),
         scheduler: config.ipvs.effective_scheduler().to_string(),
-        node_ports: Some(config.nodeport_addresses.clone()),
+        node_ports: Some(node_port_source(config)?),
         exclude_cidrs: config.ipvs.exclude_cidrs.clone(),
         strict_arp: config.ipvs.strict_arp,
         tcp_timeout: config.ipvs.tcp_timeout,
@@ -476,7 +479,11 @@ async fn run_agent(config: Config, dataplane: Box<dyn Dataplane>) -> Result<(), 
     };
     // Stale UDP flows are cleared in the agent's own network namespace; the
     // local-address test follows the watcher when there is one.
-    let start_local: Vec<IpAddr> = addresses::local_addresses(&mut HostExec::new()).unwrap_or_default();
+    let start_local: Vec<IpAddr> = AddressReader::open()
+        .map_err(NetaddrError::from)
+        .and_then(|mut r| r.dump())
+        .map(|all| all.into_iter().map(|a| a.address).collect())
+        .unwrap_or_default();
     let shared = watcher.as_ref().map(|w| w.addresses.clone());
     let is_local = move |ip: &IpAddr| match &shared {
         Some(s) => s.read().unwrap_or_else(|p| p.into_inner()).contains(ip),

@@ -396,3 +396,83 @@ pub struct NodeInfo {
     /// `status.addresses` of type InternalIP/ExternalIP.
     pub addresses: Vec<IpAddr>,
 }
+
+/// Which of the node's addresses serve node ports (`--nodeport-addresses`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NodePortAddresses {
+    /// default: all of the node's own addresses (never 127.0.0.0/8 or ::1)
+    #[default]
+    All,
+    /// upstream's "primary": the node's primary IPs
+    Primary,
+    /// Only node addresses inside these CIDRs.
+    Cidrs(Vec<IpNet>),
+}
+
+impl NodePortAddresses {
+    /// The node's addresses (`node`, as listed) that serve node ports,
+    /// sorted. Loopback never does: a node port on 127.0.0.1 needs
+    /// `route_localnet`, which opens the node's localhost to its neighbours
+    /// (upstream's nftables mode refuses it too); link-local IPv6 addresses
+    /// are per-link and never a service frontend.
+    pub fn select(&self, node: &[IpAddr]) -> Vec<IpAddr> {
+        let usable = |ip: &&IpAddr| !ip.is_loopback() && !is_link_local(ip);
+        let mut out: Vec<IpAddr> = node
+            .iter()
+            .filter(usable)
+            .filter(|ip| match self {
+                NodePortAddresses::All => true,
+                // The primary address of each family: the first one listed.
+                NodePortAddresses::Primary => {
+                    node.iter().filter(usable).find(|a| IpFamily::of(a) == IpFamily::of(ip)) == Some(*ip)
+                }
+                NodePortAddresses::Cidrs(cidrs) => cidrs.iter().any(|c| c.contains(*ip)),
+            })
+            .copied()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_and_link_local_never_serve_node_ports() {
+        let addrs: Vec<IpAddr> = [
+            "127.0.0.1",
+            "::1",
+            "fe80::1",
+            "169.254.1.1",
+            "192.168.50.10",
+            "fd00:50::10",
+            "10.0.0.5",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let all = NodePortAddresses::All.select(&addrs);
+        assert_eq!(
+            all,
+            ["10.0.0.5", "192.168.50.10", "fd00:50::10"].map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        let primary = NodePortAddresses::Primary.select(&addrs);
+        assert_eq!(
+            primary,
+            ["192.168.50.10", "fd00:50::10"].map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        let cidr = NodePortAddresses::Cidrs(vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.0/8".parse().unwrap()])
+            .select(&addrs);
+        assert_eq!(cidr, ["10.0.0.5".parse::<IpAddr>().unwrap()]);
+    }
+}

@@ -14,13 +14,12 @@ use std::time::Instant;
 
 use rules::{DispatchRule, OwnChain, PortRules};
 
-use super::addresses;
 use super::exec::{Exec, ToolError};
 use super::frontends::{FrontendPlan, NodeSettings};
 use super::xtables::{self, ChainOwner, Jump, Table, Tools, Variant, shell_words};
 use super::{Dataplane, DataplaneError, SyncScope, SyncStats};
-use crate::config::NodePortAddresses;
 use crate::model::{IpFamily, ServicePortKey};
+use crate::netaddr::NodePortSource;
 use crate::track::BackendTable;
 
 /// One family's backend state.
@@ -42,11 +41,11 @@ pub struct IptablesDataplane {
     exec: Box<dyn Exec>,
     families: Vec<FamilyState>,
     settings: NodeSettings,
-    node_ports: Option<NodePortAddresses>,
+    node_ports: Option<NodePortSource>,
 }
 
 /// Construction settings.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct IptablesConfig {
     /// Families to program.
     pub families: Vec<IpFamily>,
@@ -57,7 +56,7 @@ pub struct IptablesConfig {
     /// When set, node-port addresses are the node's own addresses
     /// (re-read at every full sync, so changes are followed) filtered by
     /// this setting; when unset, `settings`' node-port addresses are used as given.
-    pub node_ports: Option<NodePortAddresses>,
+    pub node_ports: Option<NodePortSource>,
 }
 
 impl IptablesDataplane {
@@ -85,9 +84,10 @@ impl IptablesDataplane {
 
     /// Re-read the node's addresses for the node-port rules.
     fn refresh_node_port_addresses(&mut self) -> Result<(), DataplaneError> {
-        let Some(setting) = &self.node_ports else { return Ok(()) };
-        let local = addresses::local_addresses(self.exec.as_mut()).map_err(DataplaneError::Other)?;
-        let chosen = addresses::node_port_addresses(setting, &local);
+        let Some(source) = &mut self.node_ports else {
+            return Ok(());
+        };
+        let chosen = source.read(&[]).map_err(|e| DataplaneError::Other(e.to_string()))?;
         self.settings.set_node_port_addresses(&chosen);
         Ok(())
     }

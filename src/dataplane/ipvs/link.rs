@@ -1,13 +1,17 @@
 //! The dummy interface that holds every service address (kube-proxy's
 //! `kube-ipvs0`): created, kept up and given addresses over rtnetlink. The
 //! messages are small and fixed, so they are written here by hand on top of
-//! `netlink-sys` rather than pulling in an async rtnetlink stack.
+//! `netlink-sys` rather than pulling in an async rtnetlink stack. Addresses
+//! are read with [`crate::netaddr::AddressReader`], like every other reader
+//! of the node's addresses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_ROUTE};
+
+use crate::netaddr::AddressReader;
 
 /// What the backend needs from the link layer.
 pub trait Links: Send {
@@ -28,7 +32,6 @@ const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
-const RTM_GETADDR: u16 = 22;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -87,26 +90,13 @@ struct Reply {
     body: Vec<u8>,
 }
 
-fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let kind = u16::from_ne_bytes([b[2], b[3]]) & !NLA_F_NESTED;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((kind, &b[4..len]));
-        let next = (len + 3) & !3;
-        b = &b[next.min(b.len())..];
-    }
-    out
-}
-
 /// rtnetlink on a socket of its own, in the network namespace the socket
 /// was opened in.
 pub struct RtLinks {
     socket: Socket,
     seq: u32,
+    /// Addresses are read the one way the agent reads them.
+    reader: AddressReader,
 }
 
 impl RtLinks {
@@ -115,7 +105,11 @@ impl RtLinks {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&NetlinkAddr::new(0, 0))?;
-        Ok(RtLinks { socket, seq: 0 })
+        Ok(RtLinks {
+            socket,
+            seq: 0,
+            reader: AddressReader::open()?,
+        })
     }
 
     /// Send one request; collect data replies until ACK/DONE. `Err(errno)`
@@ -244,31 +238,13 @@ impl Links for RtLinks {
         let Some(index) = self.index(name)? else {
             return Ok(None);
         };
-        let body = vec![0u8; 8];
-        let replies = self
-            .request(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, &body)?
-            .map_err(|e| format!("dump addresses: {}", std::io::Error::from_raw_os_error(e)))?;
-        let mut out = BTreeSet::new();
-        for r in replies.iter().filter(|r| r.kind == RTM_NEWADDR && r.body.len() >= 8) {
-            let idx = u32::from_ne_bytes([r.body[4], r.body[5], r.body[6], r.body[7]]) as i32;
-            if idx != index {
-                continue;
-            }
-            let a = attrs(&r.body[8..]);
-            let pick = a
-                .iter()
-                .find(|(k, _)| *k == IFA_LOCAL)
-                .or_else(|| a.iter().find(|(k, _)| *k == IFA_ADDRESS));
-            if let Some((_, v)) = pick {
-                let ip = match v.len() {
-                    4 => IpAddr::from(<[u8; 4]>::try_from(*v).unwrap_or_default()),
-                    16 => IpAddr::from(<[u8; 16]>::try_from(*v).unwrap_or_default()),
-                    _ => continue,
-                };
-                out.insert(ip);
-            }
-        }
-        Ok(Some(out.into_iter().collect()))
+        let dump = self.reader.dump().map_err(|e| e.to_string())?;
+        let on_link: BTreeSet<IpAddr> = dump
+            .into_iter()
+            .filter(|a| a.interface == index as u32)
+            .map(|a| a.address)
+            .collect();
+        Ok(Some(on_link.into_iter().collect()))
     }
 
     fn add_address(&mut self, name: &str, ip: IpAddr) -> Result<(), String> {

@@ -37,13 +37,13 @@ use self::netlink::{ForwardMethod, IpvsError, RealServer, ServiceFlags, Timeouts
 use super::exec::{Exec, ToolError};
 use super::frontends::{FrontendPlan, NodeSettings};
 use super::xtables::{self, ChainOwner, Tools, Variant};
-use super::{Dataplane, DataplaneError, SyncScope, SyncStats, addresses};
-use crate::config::NodePortAddresses;
+use super::{Dataplane, DataplaneError, SyncScope, SyncStats};
 use crate::model::{IpFamily, Protocol, ServicePortKey};
+use crate::netaddr::NodePortSource;
 use crate::track::BackendTable;
 
 /// Construction settings.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct IpvsDataplaneConfig {
     /// Families to program.
     pub families: Vec<IpFamily>,
@@ -55,7 +55,7 @@ pub struct IpvsDataplaneConfig {
     /// IPVS scheduler (`rr` when empty).
     pub scheduler: String,
     /// When set, node-port addresses are the node's own addresses filtered by this.
-    pub node_ports: Option<NodePortAddresses>,
+    pub node_ports: Option<NodePortSource>,
     /// The dummy interface.
     pub interface: String,
     /// How long a removed real server may drain before it is deleted anyway.
@@ -464,12 +464,10 @@ impl IpvsDataplane {
     }
 
     fn refresh_node_port_addresses(&mut self, dummy: &[IpAddr]) -> Result<(), DataplaneError> {
-        let Some(setting) = self.cfg.node_ports.clone() else {
+        let Some(source) = &mut self.cfg.node_ports else {
             return Ok(());
         };
-        let mut local = addresses::local_addresses(self.exec.as_mut()).map_err(DataplaneError::Other)?;
-        local.retain(|a| !dummy.contains(a));
-        let chosen = addresses::node_port_addresses(&setting, &local);
+        let chosen = source.read(dummy).map_err(|e| DataplaneError::Other(e.to_string()))?;
         self.cfg.settings.set_node_port_addresses(&chosen);
         Ok(())
     }
