@@ -138,7 +138,7 @@ k8s_up_to_date() {
   for b in kube-controller-manager kube-scheduler kubelet; do
     [[ "$(k8s_version_of "$k8s_dir/$b" || true)" == "$K8S_VERSION" ]] || return 1
   done
-  [[ "$("$k8s_dir/agnhost" --version 2>/dev/null || true)" == "agnhost version $agnhost_version" ]] || return 1
+  [[ "$("$k8s_dir/agnhost" --version 2>/dev/null || true)" == "app version $agnhost_version" ]] || return 1
   [[ -z $WANT_E2E || "$("$k8s_dir/e2e.test" --version 2>/dev/null || true)" == "$K8S_VERSION" ]] || return 1
 }
 if k8s_up_to_date; then
@@ -159,10 +159,11 @@ else
       go build -buildvcs=false -trimpath -ldflags "-s -w -X main.Version=$agnhost_version" \
         -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost'
     [[ -n $WANT_E2E ]] || exit 0
+    # -vet=off: go test runs vet on every package otherwise (minutes, and not our code).
     log "building e2e.test $K8S_VERSION (go test -c k8s.io/kubernetes/test/e2e; the slowest step)"
     build_into "$k8s_dir" e2e.test -- '
       cd "'"$cp_dir"'/k8s" &&
-      go test -c -buildvcs=false -trimpath -ldflags "$k8s_ldflags" -o "$out/e2e.test" k8s.io/kubernetes/test/e2e'
+      go test -c -vet=off -buildvcs=false -trimpath -ldflags "$k8s_ldflags" -o "$out/e2e.test" k8s.io/kubernetes/test/e2e'
   )
   k8s_up_to_date || die "the kubernetes binaries in $k8s_dir do not report $K8S_VERSION"
 fi
