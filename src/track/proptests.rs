@@ -140,7 +140,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 fn slice_key_at(i: usize) -> SliceKey {
-    let family = if i % 2 == 0 { "IPv4" } else { "IPv6" };
+    let family = if i.is_multiple_of(2) { "IPv4" } else { "IPv6" };
     SliceKey {
         namespace: "ns".into(),
         name: format!("{}-{}", SLICES[i / 2], family.to_lowercase()).into(),

@@ -928,7 +928,9 @@ fn endpoint_slices_as_upstream() {
     let port = json!([{"name": "http", "port": 80, "protocol": "TCP"}]);
     let ep = |addr: &str| json!([{"addresses": [addr]}]);
     let many = |n: usize, f: &dyn Fn(usize) -> Value| Value::Array((0..n).map(f).collect());
-    let cases: Vec<(&str, &str, Value, Value, Value, Option<&str>)> = vec![
+    // (case, addressType, ports, endpoints, metadata, the field upstream names)
+    type Case<'a> = (&'a str, &'a str, Value, Value, Value, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         ("good", "IPv4", port.clone(), ep("10.1.2.3"), json!({}), None),
         ("good ipv6", "IPv6", port.clone(), ep("2001:db8::1"), json!({}), None),
         (
