@@ -159,6 +159,19 @@ pub fn escape(value: &str) -> String {
     out
 }
 
+/// A message with control and non-ASCII characters escaped but quotes kept
+/// (for parser and decoder messages that quote file text themselves).
+pub fn escape_controls(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            ' '..='~' => out.push(c),
+            c => escape_into(&mut out, c),
+        }
+    }
+    out
+}
+
 fn escape_into(out: &mut String, c: char) {
     match c {
         '"' => out.push_str("\\\""),
