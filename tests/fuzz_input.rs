@@ -4,7 +4,7 @@
 //! accepted object's names satisfy the API server's rules, and every
 //! rejection names a field and prints as one line of printable ASCII.
 //!
-//! `cargo test --test fuzz_input` runs 256 cases per property (seconds);
+//! `cargo test --test fuzz_input` runs 128 cases per property (seconds);
 //! `SLICEPROXY_FUZZ_CASES=20000 cargo test --release --test fuzz_input` is the
 //! longer run (a few minutes on two cores).
 
@@ -20,7 +20,7 @@ fn cases() -> u32 {
     std::env::var("SLICEPROXY_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
+        .unwrap_or(128)
 }
 
 fn config() -> ProptestConfig {
@@ -49,7 +49,39 @@ fn hostile() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// Mostly a valid value, sometimes a hostile one: with a dozen fields per
+/// object, a third of the objects are valid and many differ from a valid
+/// one in a single field, which is what catches a missing check.
+fn mostly<T: std::fmt::Debug + 'static>(valid: BoxedStrategy<T>, hostile: BoxedStrategy<T>) -> BoxedStrategy<T> {
+    prop_oneof![9 => valid, 1 => hostile].boxed()
+}
+
+fn label() -> BoxedStrategy<String> {
+    mostly("[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?".boxed(), hostile())
+}
+
+fn service_name() -> BoxedStrategy<String> {
+    mostly("[a-z]([-a-z0-9]{0,61}[a-z0-9])?".boxed(), hostile())
+}
+
+fn subdomain() -> BoxedStrategy<String> {
+    mostly(
+        "[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?(\\.[a-z0-9]{1,10}){0,3}".boxed(),
+        hostile(),
+    )
+}
+
 fn address() -> BoxedStrategy<String> {
+    mostly(
+        (1..224u8, 0..255u8, 0..255u8, 1..255u8)
+            .prop_filter("not special", |(a, b, ..)| *a != 127 && !(*a == 169 && *b == 254))
+            .prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}"))
+            .boxed(),
+        any_address(),
+    )
+}
+
+fn any_address() -> BoxedStrategy<String> {
     prop_oneof![
         3 => (1..255u8, 0..255u8, 0..255u8, 1..255u8).prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}")),
         1 => (1..255u8, 0..255u8).prop_map(|(a, b)| format!("{a:03}.{b:03}.000.010")),
@@ -64,70 +96,81 @@ fn address() -> BoxedStrategy<String> {
 }
 
 fn cidr() -> BoxedStrategy<String> {
-    prop_oneof![
-        (address(), 0..140u32).prop_map(|(a, l)| format!("{a}/{l}")),
-        address(),
-        hostile(),
-    ]
-    .boxed()
+    mostly(
+        (address(), 0..33u32).prop_map(|(a, l)| format!("{a}/{l}")).boxed(),
+        prop_oneof![
+            (any_address(), 0..140u32).prop_map(|(a, l)| format!("{a}/{l}")),
+            any_address()
+        ]
+        .boxed(),
+    )
 }
 
 fn port_number() -> BoxedStrategy<i64> {
-    prop_oneof![
-        3 => 1..65536i64,
-        1 => proptest::sample::select(vec![-1i64, 0, 65535, 65536, i64::from(i32::MAX), i64::from(i32::MIN)]),
-    ]
-    .boxed()
+    mostly(
+        (1..65536i64).boxed(),
+        proptest::sample::select(vec![-1i64, 0, 65535, 65536, i64::from(i32::MAX), i64::from(i32::MIN)]).boxed(),
+    )
 }
 
 fn protocol() -> BoxedStrategy<Value> {
-    prop_oneof![
-        4 => proptest::sample::select(vec!["TCP", "UDP", "SCTP"]).prop_map(|p| json!(p)),
-        1 => Just(Value::Null),
-        1 => hostile().prop_map(|p| json!(p)),
-    ]
-    .boxed()
+    mostly(
+        prop_oneof![
+            proptest::sample::select(vec!["TCP", "UDP", "SCTP"]).prop_map(|p| json!(p)),
+            Just(Value::Null)
+        ]
+        .boxed(),
+        hostile().prop_map(|p| json!(p)).boxed(),
+    )
+}
+
+fn one_of(valid: Vec<&'static str>, hostile: Vec<&'static str>) -> BoxedStrategy<&'static str> {
+    mostly(
+        proptest::sample::select(valid).boxed(),
+        proptest::sample::select(hostile).boxed(),
+    )
 }
 
 fn service_object() -> impl Strategy<Value = Value> {
-    let ports = proptest::collection::vec(
-        (
-            hostile(),
-            port_number(),
-            protocol(),
-            proptest::option::of(port_number()),
-        ),
-        0..5,
-    );
+    let port = (label(), port_number(), protocol(), proptest::option::of(port_number()));
+    let ports = proptest::collection::vec(port, 1..4);
+    let annotation_key = mostly("[a-z]{1,10}(\\.[a-z]{1,5}/[a-z]{1,10})?".boxed(), hostile());
     let meta = (
-        hostile(),
-        hostile(),
-        proptest::collection::btree_map(hostile(), hostile(), 0..3),
+        label(),
+        service_name(),
+        proptest::collection::btree_map(annotation_key, hostile(), 0..3),
     );
+    let modes = one_of(vec!["", "VIP", "Proxy"], vec!["Bogus", "vip"]);
     let addrs = (
-        proptest::collection::vec(address(), 0..3),
+        proptest::collection::vec(address(), 1..2),
         proptest::collection::vec(address(), 0..3),
         proptest::collection::vec(cidr(), 0..3),
-        proptest::collection::vec(
-            (
-                address(),
-                proptest::sample::select(vec!["", "VIP", "Proxy", "Bogus", "vip"]),
-            ),
-            0..3,
-        ),
+        proptest::collection::vec((address(), modes), 0..3),
     );
     let kind = (
-        proptest::sample::select(vec!["ClusterIP", "NodePort", "LoadBalancer", "ExternalName", "Bogus"]),
-        proptest::sample::select(vec!["", "Cluster", "Local", "Bogus"]),
-        proptest::sample::select(vec!["", "None", "ClientIP", "Bogus"]),
+        one_of(
+            vec!["ClusterIP", "NodePort", "LoadBalancer"],
+            vec!["ExternalName", "Bogus", ""],
+        ),
+        one_of(vec![""], vec!["Cluster", "Local", "Bogus"]),
+        one_of(vec!["", "None", "ClientIP"], vec!["Bogus"]),
     );
     (meta, ports, addrs, kind).prop_map(
         |((ns, name, annotations), ports, (cips, eips, ranges, ingress), (ty, etp, aff))| {
+            let external = ty == "NodePort" || ty == "LoadBalancer";
+            let many = ports.len() > 1;
             let ports: Vec<Value> = ports
                 .into_iter()
-                .map(|(n, p, proto, np)| {
+                .enumerate()
+                .map(|(i, (n, p, proto, np))| {
+                    // Distinct names most of the time (duplicates are a rejection of their own).
+                    let n = if many && i > 0 && !n.is_empty() {
+                        format!("{n}{i}")
+                    } else {
+                        n
+                    };
                     let mut v = json!({"name": n, "port": p, "protocol": proto});
-                    if let Some(np) = np {
+                    if let Some(np) = np.filter(|_| external) {
                         v["nodePort"] = json!(np);
                     }
                     v
@@ -143,11 +186,12 @@ fn service_object() -> impl Strategy<Value = Value> {
                     }
                 })
                 .collect();
-            let mut spec = json!({
-                "type": ty, "clusterIPs": cips, "externalIPs": eips, "loadBalancerSourceRanges": ranges, "ports": ports,
-            });
+            let mut spec = json!({"type": ty, "clusterIPs": cips, "externalIPs": eips, "ports": ports});
             if let Some(first) = spec["clusterIPs"].get(0).cloned() {
                 spec["clusterIP"] = first;
+            }
+            if ty == "LoadBalancer" {
+                spec["loadBalancerSourceRanges"] = json!(ranges);
             }
             if !etp.is_empty() {
                 spec["externalTrafficPolicy"] = json!(etp);
@@ -167,30 +211,42 @@ fn service_object() -> impl Strategy<Value = Value> {
 
 fn slice_object() -> impl Strategy<Value = Value> {
     let endpoint = (
-        proptest::collection::vec(address(), 0..3),
-        proptest::option::of(hostile()),
-        proptest::collection::vec(hostile(), 0..3),
-        proptest::collection::vec(hostile(), 0..2),
+        proptest::collection::vec(address(), 1..3),
+        proptest::option::of(subdomain()),
+        proptest::collection::vec(label(), 0..2),
+        proptest::collection::vec(subdomain(), 0..2),
     )
         .prop_map(|(addrs, node, zones, nodes)| {
-            let mut e = json!({"addresses": addrs,
-                "hints": {"forZones": zones.iter().map(|z| json!({"name": z})).collect::<Vec<_>>(),
-                          "forNodes": nodes.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()}});
+            let zones: Vec<Value> = zones
+                .iter()
+                .enumerate()
+                .map(|(i, z)| json!({"name": format!("{z}{i}")}))
+                .collect();
+            let nodes: Vec<Value> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| json!({"name": format!("{n}{i}")}))
+                .collect();
+            let mut e = json!({"addresses": addrs, "hints": {"forZones": zones, "forNodes": nodes}});
             if let Some(n) = node {
                 e["nodeName"] = json!(n);
             }
             e
         });
     (
-        (hostile(), hostile(), hostile()),
-        proptest::sample::select(vec!["IPv4", "IPv6", "FQDN", "IP", "", "ipv4"]),
+        (label(), subdomain(), service_name()),
+        one_of(vec!["IPv4"], vec!["IPv6", "FQDN", "IP", "", "ipv4"]),
         proptest::collection::vec(endpoint, 0..4),
-        proptest::collection::vec((hostile(), proptest::option::of(port_number()), protocol()), 0..4),
+        proptest::collection::vec((label(), proptest::option::of(port_number()), protocol()), 0..4),
     )
         .prop_map(|((ns, name, svc), at, eps, ports)| {
             let ports: Vec<Value> = ports
                 .into_iter()
-                .map(|(n, p, proto)| json!({"name": n, "port": p, "protocol": proto}))
+                .enumerate()
+                .map(|(i, (n, p, proto))| {
+                    let n = if i > 0 && !n.is_empty() { format!("{n}{i}") } else { n };
+                    json!({"name": n, "port": p, "protocol": proto})
+                })
                 .collect();
             json!({
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
