@@ -616,6 +616,9 @@ pub fn main(a: DiffArgs) {
     }
 }
 
+/// A generated endpoint: address, node, ready, serving, terminating.
+type GenEndpoint = (String, String, bool, bool, bool);
+
 /// A reproducible synthetic cluster exercising what the rules depend on:
 /// every Service type, both traffic policies, source ranges, external IPs,
 /// affinity, multi-port TCP/UDP, local and remote endpoints, terminating and
@@ -690,7 +693,7 @@ pub fn generate(n: usize, seed: u64) -> String {
         }
         let endpoints = next(5) as usize; // 0..4
         let two_slices = endpoints >= 2 && next(3) == 0;
-        let mut eps: Vec<(String, String, bool, bool, bool)> = Vec::new();
+        let mut eps: Vec<GenEndpoint> = Vec::new();
         for _ in 0..endpoints {
             ep_counter += 1;
             let node = if next(3) == 0 { "node-a" } else { "node-b" };
@@ -704,7 +707,7 @@ pub fn generate(n: usize, seed: u64) -> String {
         }
         // Rarely, one endpoint also listed (terminating) in a second slice.
         let duplicate = !eps.is_empty() && eps[0].2 && next(15) == 0;
-        let groups: Vec<Vec<(String, String, bool, bool, bool)>> = if two_slices {
+        let groups: Vec<Vec<GenEndpoint>> = if two_slices {
             let half = eps.len() / 2;
             vec![eps[..half].to_vec(), eps[half..].to_vec()]
         } else {

@@ -210,13 +210,6 @@ impl Ruleset {
         }
         Ok(rs)
     }
-
-    /// Chains of `table` whose name starts with `prefix`.
-    pub fn chains_with_prefix(&self, table: &str, prefix: &str) -> usize {
-        self.tables
-            .get(table)
-            .map_or(0, |t| t.chains.keys().filter(|c| c.starts_with(prefix)).count())
-    }
 }
 
 fn parse_rule(toks: &[String]) -> Result<Rule, String> {
@@ -513,9 +506,9 @@ impl Ruleset {
                 Cond::Dst(n) => n.contains(&p.dst),
                 Cond::Proto(x) => x == &p.proto || x == "all",
                 Cond::InIf(i) => p.iif.as_deref().is_some_and(|f| iface_match(i, f)),
-                Cond::OutIf(_) => {
+                Cond::OutIf(i) => {
                     return Err(SimError::Sim(format!(
-                        "-o is not simulated (needs routing): {}",
+                        "-o {i} is not simulated (needs routing): {}",
                         rule.text
                     )));
                 }

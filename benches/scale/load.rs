@@ -59,7 +59,8 @@ impl Spec {
 
     /// Node port of service `i`, if it is a NodePort.
     pub fn node_port(&self, i: usize) -> Option<u16> {
-        (self.nodeport_every > 0 && i % self.nodeport_every == 0).then(|| 30000 + (i / self.nodeport_every) as u16)
+        (self.nodeport_every > 0 && i.is_multiple_of(self.nodeport_every))
+            .then(|| 30000 + (i / self.nodeport_every) as u16)
     }
 
     /// Name of service `i`.

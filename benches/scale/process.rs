@@ -12,11 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::cgroup::Cgroup;
 use crate::netns::Netns;
 
-/// One line of output and when the driver read it.
+/// One line of output.
 #[derive(Clone, Debug)]
 pub struct Line {
-    /// When it was read.
-    pub at: SystemTime,
     /// The text, ANSI colour codes removed.
     pub text: String,
 }
@@ -80,9 +78,8 @@ impl ProxyProcess {
                 for text in BufReader::new(stream).lines() {
                     let Ok(text) = text else { break };
                     let text = strip_ansi(&text);
-                    let at = SystemTime::now();
                     let _ = writeln!(file.lock().unwrap_or_else(|p| p.into_inner()), "{text}");
-                    lines.lock().unwrap_or_else(|p| p.into_inner()).push(Line { at, text });
+                    lines.lock().unwrap_or_else(|p| p.into_inner()).push(Line { text });
                 }
             });
         }

@@ -80,7 +80,8 @@ impl Metrics {
             .filter(|s| s.name == bucket)
             .filter_map(|s| {
                 let le = s.labels.iter().find(|(k, _)| k == "le")?.1.as_str();
-                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                // JSON has no infinity: +Inf is kept as f64::MAX.
+                let le = if le == "+Inf" { f64::MAX } else { le.parse().ok()? };
                 Some((le, s.value))
             })
             .collect();
@@ -126,7 +127,7 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
 /// Cumulative buckets `(le, count)`, sorted by `le`.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Histogram {
-    /// `(upper bound, cumulative count)`.
+    /// `(upper bound, cumulative count)`; `+Inf` is `f64::MAX`.
     pub buckets: Vec<(f64, f64)>,
     /// Sum of observations.
     pub sum: f64,
@@ -170,7 +171,7 @@ impl Histogram {
         let mut prev = (0.0, 0.0);
         for &(le, c) in &self.buckets {
             if c >= rank {
-                if le.is_infinite() {
+                if le >= f64::MAX {
                     return Some(prev.0);
                 }
                 let in_bucket = c - prev.1;

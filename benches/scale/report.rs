@@ -18,7 +18,12 @@ pub fn read_dir(dir: &Path) -> Vec<RunResult> {
                     let n = e.file_name().to_string_lossy().into_owned();
                     n.starts_with("run-") && n.ends_with(".json")
                 })
-                .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+                .filter_map(|e| {
+                    let text = std::fs::read_to_string(e.path()).ok()?;
+                    serde_json::from_str(&text)
+                        .map_err(|err| eprintln!("scale-bench: skipping {}: {err}", e.path().display()))
+                        .ok()
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -69,7 +74,7 @@ pub fn write(dir: &Path, runs: &[RunResult]) {
     }
     let _ = writeln!(
         md,
-        "| services | mode | proxy | status | cold start (metric / kernel) | p50 / p99 latency, metric | p50 / p99 latency, kernel | idle CPU s/min | CPU s total | peak mem MB (cgroup / proxy RSS) | rules / elements | bytes per sync (median) | spot checks | load before -> after | date |"
+        "| services | mode | proxy | status | cold start (metric / kernel) | p50 / p99 latency, metric | p50 / p99 latency, kernel | idle CPU s/min | CPU s total | peak mem MB (cgroup / proxy RSS) | rules / elements | bytes per sync, strace (min / max) | spot checks | load before -> after | date |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
@@ -116,10 +121,11 @@ pub fn write(dir: &Path, runs: &[RunResult]) {
             mb(r.rss_hwm_bytes),
             r.kernel_rules.map_or("-".into(), |v| v.to_string()),
             r.kernel_elements.map_or("-".into(), |v| v.to_string()),
-            r.bytes
-                .as_ref()
-                .and_then(|b| b.median)
-                .map_or("-".into(), |v| v.to_string()),
+            r.bytes.as_ref().map_or("-".into(), |b| format!(
+                "{} / {}",
+                b.bursts.iter().min().map_or("-".into(), |v| v.to_string()),
+                b.max.map_or("-".into(), |v| v.to_string())
+            )),
             spot_ok,
             r.spot.len(),
             if r.spot_pass { "pass" } else { "FAIL" },
