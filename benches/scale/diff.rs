@@ -619,7 +619,8 @@ pub fn main(a: DiffArgs) {
 /// A generated endpoint: address, node, ready, serving, terminating.
 type GenEndpoint = (String, String, bool, bool, bool);
 
-/// A reproducible synthetic cluster exercising what the rules depend on:
+/// A reproducible synthetic cluster (node ports unique up to 850 Services)
+/// exercising what the rules depend on:
 /// every Service type, both traffic policies, source ranges, external IPs,
 /// affinity, multi-port TCP/UDP, local and remote endpoints, terminating and
 /// not-serving endpoints, endpoints split over two slices, empty services
@@ -652,6 +653,10 @@ pub fn generate(n: usize, seed: u64) -> String {
         );
         if kind != "ClusterIP" && next(3) == 0 {
             y.push_str("  externalTrafficPolicy: Local\n");
+            if kind == "LoadBalancer" {
+                // Explicit, so that it never takes a node port chosen below.
+                let _ = writeln!(y, "  healthCheckNodePort: {}", 31700 + i as u32 % 1000);
+            }
         }
         if next(10) == 0 {
             y.push_str("  internalTrafficPolicy: Local\n");
@@ -664,7 +669,9 @@ pub fn generate(n: usize, seed: u64) -> String {
             );
         }
         if next(10) == 0 {
-            let _ = writeln!(y, "  externalIPs: [198.51.100.{}]", 1 + i % 250);
+            // Unique per Service: two Services claiming one address:port is
+            // a conflict each proxy resolves its own way (seen: they differ).
+            let _ = writeln!(y, "  externalIPs: [100.65.{}.{}]", i / 250, 1 + i % 250);
         }
         if kind == "LoadBalancer" && next(3) == 0 {
             y.push_str("  loadBalancerSourceRanges: [192.0.2.0/24, 198.19.0.0/16]\n");
@@ -680,14 +687,15 @@ pub fn generate(n: usize, seed: u64) -> String {
                 8000 + p * 10
             );
             if kind != "ClusterIP" {
-                let _ = writeln!(y, "    nodePort: {}", 30000 + (i * 2 + p) as u32 % 2700);
+                let _ = writeln!(y, "    nodePort: {}", 30000 + (i * 2 + p) as u32 % 1700);
             }
             port_list.push((format!("p{p}"), 8000 + p * 10, proto));
         }
         if kind == "LoadBalancer" {
             let _ = write!(
                 y,
-                "status:\n  loadBalancer:\n    ingress:\n    - ip: 203.0.113.{}\n",
+                "status:\n  loadBalancer:\n    ingress:\n    - ip: 100.64.{}.{}\n",
+                i / 250,
                 1 + i % 250
             );
         }

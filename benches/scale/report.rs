@@ -114,7 +114,14 @@ pub fn write(dir: &Path, runs: &[RunResult]) {
             fmt_s(lat(r, false, false)),
             fmt_s(lat(r, false, true)),
             fmt_s(lat(r, true, false)),
-            fmt_s(lat(r, true, true)),
+            match r.latency_kernel.as_ref().map_or(0, |l| l.missing) {
+                0 => fmt_s(lat(r, true, true)),
+                m => format!(
+                    "{} ({m} of {} changes not in the kernel within the drain window)",
+                    fmt_s(lat(r, true, true)),
+                    r.changes.len()
+                ),
+            },
             per_min(r.idle_cpu_s, r.idle_window_s).map_or("-".into(), |v| format!("{v:.2}")),
             r.cpu_total_s,
             mb(r.mem_peak_bytes),
@@ -250,9 +257,12 @@ fn plot(path: &Path, title: &str, runs: &[RunResult], f: Metric) -> Result<(), B
         .configure_mesh()
         .x_desc("services (x endpoints per service)")
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(8)
         .y_label_formatter(&|y| {
-            if *y >= 1.0 {
+            if *y >= 10.0 {
                 format!("{y:.0}")
+            } else if *y >= 1.0 {
+                format!("{y:.1}")
             } else {
                 format!("{y:.3}")
             }
