@@ -788,4 +788,39 @@ COMMIT
         let bad = Ruleset::parse("*nat\n:X - [0:0]\n-A X -m string --string foo -j DROP\nCOMMIT\n");
         assert!(bad.unwrap_err().to_string().contains("unsupported match module string"));
     }
+
+    /// Real dumps of both proxies on node-a of `examples/cluster.yaml`
+    /// (kube-proxy v1.34.4 and sliceproxy, iptables-nft): both parse, agree
+    /// where they should and show the known localhost-NodePort difference.
+    #[test]
+    fn real_dumps_of_both_proxies() {
+        let kp = Ruleset::parse(include_str!("testdata/kube-proxy-v1.34.4-node-a-ipv4.txt")).unwrap();
+        let sp = Ruleset::parse(include_str!("testdata/sliceproxy-node-a-ipv4.txt")).unwrap();
+        let both = |p: &Packet, local: bool| {
+            let a = show(&kp.simulate(p, local, &node()).unwrap());
+            let b = show(&sp.simulate(p, local, &node()).unwrap());
+            (a, b)
+        };
+        let (a, b) = both(&pkt("10.244.99.99", "10.96.0.10", 80), false);
+        assert_eq!(a, "10.244.1.10:8080 10.244.2.10:8080");
+        assert_eq!(a, b);
+        let (a, b) = both(&pkt("198.18.0.1", "192.168.50.10", 30081), false);
+        assert_eq!(
+            (a.as_str(), b.as_str()),
+            ("drop", "drop"),
+            "Local policy, no local endpoint"
+        );
+        let mut node_pkt = pkt("192.168.50.10", "192.168.50.10", 30081);
+        node_pkt.iif = None;
+        let (a, b) = both(&node_pkt, true);
+        assert_eq!(
+            (a.as_str(), b.as_str()),
+            ("10.244.2.31:8080+masq", "10.244.2.31:8080+masq")
+        );
+        let mut lo = pkt("127.0.0.1", "127.0.0.1", 30080);
+        lo.iif = None;
+        let (a, b) = both(&lo, true);
+        assert_eq!(a, "10.244.1.30:8080+masq 10.244.2.30:8080+masq");
+        assert_eq!(b, "unhandled");
+    }
 }
