@@ -236,7 +236,11 @@ fn run_one(
         if let Some(status) = proc.exited() {
             std::thread::sleep(Duration::from_millis(300));
             let tail = proc.tail(3).replace('\n', " | ");
-            return Err(format!("not run: {} exited ({status}): {tail}", r.proxy));
+            // Exiting at once is a proxy refusing the mode ("not run");
+            // dying later is a failure.
+            let early = t0.elapsed().unwrap_or_default() < Duration::from_secs(15);
+            let verdict = if early { "not run" } else { "failed" };
+            return Err(format!("{verdict}: {} exited ({status}): {tail}", r.proxy));
         }
         if let Some(m) = scrape(&node)
             && let Some(ts) = m.get("kubeproxy_sync_proxy_rules_last_timestamp_seconds", &[])
