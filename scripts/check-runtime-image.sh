@@ -6,8 +6,24 @@
 #
 #   scripts/check-runtime-image.sh            # rootfs in $ROOTFS (default /tmp/sliceproxy-rootfs)
 #   KEEP_ROOTFS=1 scripts/check-runtime-image.sh   # reuse it on the next run
+#   scripts/check-runtime-image.sh --image OUT.tar [--name sliceproxy:latest]
+#       after the checks, also writes the image itself as an OCI archive
+#       (`ctr images import OUT.tar`): the Dockerfile's runtime stage, i.e.
+#       debian:bookworm-slim (minbase with the slim image's dpkg path
+#       excludes) + the same packages without recommends, apt lists removed,
+#       /usr/local/bin/sliceproxy, ENTRYPOINT ["/usr/local/bin/sliceproxy"].
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+IMAGE_OUT=""
+IMAGE_NAME="sliceproxy:latest"
+while (($#)); do
+  case $1 in
+    --image) IMAGE_OUT=$(realpath -m "$2"); shift 2 ;;
+    --name) IMAGE_NAME=$2; shift 2 ;;
+    *) echo "usage: $0 [--image OUT.tar [--name NAME:TAG]]" >&2; exit 2 ;;
+  esac
+done
 
 ROOTFS=${ROOTFS:-/tmp/sliceproxy-rootfs}
 SUITE=${SUITE:-bookworm}
@@ -25,7 +41,22 @@ cargo build --release --locked --bin sliceproxy
 start=$(date +%s)
 if [ ! -x "$ROOTFS/usr/sbin/iptables" ] || [ -z "${KEEP_ROOTFS:-}" ]; then
   rm -rf "$ROOTFS"
+  # debian:bookworm-slim is minbase plus these dpkg excludes (docs, man pages,
+  # locales): install the packages under the same rule, as `docker build` would.
+  mkdir -p "$ROOTFS/etc/dpkg/dpkg.cfg.d"
+  cat > "$ROOTFS/etc/dpkg/dpkg.cfg.d/docker" <<'SLIM'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/locale/*
+SLIM
   debootstrap --variant=minbase --include="$(echo "$PACKAGES" | tr ' ' ',')" "$SUITE" "$ROOTFS" "$MIRROR"
+  # The Dockerfile's `rm -rf /var/lib/apt/lists/*`, and no downloaded .debs.
+  rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/archives/*.deb
 fi
 end=$(date +%s)
 echo "debootstrap: $((end - start)) s, rootfs $(du -sh "$ROOTFS" | cut -f1)"
@@ -53,3 +84,11 @@ if in_root ldd /usr/local/bin/sliceproxy 2>/dev/null | grep -q 'not found'; then
   echo "missing shared libraries:" >&2; in_root ldd /usr/local/bin/sliceproxy >&2; exit 1
 fi
 echo "runtime image check: OK"
+
+if [ -n "$IMAGE_OUT" ]; then
+  # Only what the Dockerfile puts there: drop the check's example file.
+  rm -rf "$ROOTFS/examples"
+  python3 tests/cluster/oci-archive.py --rootfs "$ROOTFS" --name "$IMAGE_NAME" \
+    --entrypoint '["/usr/local/bin/sliceproxy"]' -o "$IMAGE_OUT"
+  echo "image $IMAGE_NAME written to $IMAGE_OUT"
+fi

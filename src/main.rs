@@ -17,7 +17,7 @@ use sliceproxy::model::IpFamily;
 use sliceproxy::netaddr::{AddressReader, NetaddrError, NodePortSource};
 use sliceproxy::policy::NodeContext;
 use sliceproxy::render::{self, RenderOptions};
-use sliceproxy::snapshot::Snapshot;
+use sliceproxy::snapshot::{RenderInput, Snapshot};
 use sliceproxy::sync::{Agent, SyncSettings};
 use sliceproxy::track::Tracker;
 use sliceproxy::watch::{self, WatchConfig};
@@ -127,25 +127,29 @@ fn render_command(args: RenderArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let snapshot = match Snapshot::from_file(&args.file) {
-        Ok(s) => s,
+    // Decoded object by object, keeping only the model: a bad object is
+    // reported and skipped, the rest is rendered, and the exit status is 1.
+    let input = match RenderInput::from_file(&args.file, &config.hostname) {
+        Ok(i) => i,
         Err(e) => {
             eprintln!("sliceproxy render: {}: {e}", args.file.display());
             return ExitCode::FAILURE;
         }
     };
-    let (tracker, errors) = snapshot.tracker(&config.hostname);
-    for e in &errors {
+    let errors = &input.errors;
+    for e in errors {
         eprintln!("sliceproxy render: skipped {e}");
     }
-    if snapshot.node(&config.hostname).is_none() {
+    let tracker = &input.tracker;
+    if !input.node_found {
         eprintln!(
             "sliceproxy render: note: no Node named {:?} in the file; rendering without zone or node addresses (set --hostname-override)",
             config.hostname
         );
     }
+    let node_addresses: Vec<IpAddr> = input.node.as_ref().map(|n| n.addresses.clone()).unwrap_or_default();
     let opts = RenderOptions {
-        settings: offline_settings(&config, &snapshot),
+        settings: node_settings(&config, &config.nodeport_addresses.select(&node_addresses)),
         families: match args.ip_family {
             None => Vec::new(),
             Some(FamilyArg::Ipv4) => vec![IpFamily::V4],
@@ -250,6 +254,9 @@ fn diagnose_command(args: DiagnoseArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    for e in &snapshot.errors {
+        eprintln!("sliceproxy diagnose: skipped {e}");
+    }
     let dump = match &args.iptables_save {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(d) => Some(d),

@@ -10,6 +10,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -337,8 +338,12 @@ async fn relist_scenario(
     proxy.restore();
 
     let d = key(&ns, "d", "http");
+    // The watchers retried with exponential backoff while the gate was shut
+    // (and kube-apiserver v1.37 takes 10-30 s to restart on a loaded 2-core
+    // machine), so the next attempt can be up to kube-runtime's backoff cap
+    // (about 40 s with jitter, measured) after the gate reopens.
     agent
-        .wait_for(&ns, "the relisted state", |p| {
+        .wait_for_within(Duration::from_secs(90), &ns, "the relisted state", |p| {
             !p.contains_key(&b)
                 && endpoints_of(p, &c) == Some(vec!["10.244.3.33:8080".into()])
                 && endpoints_of(p, &d) == Some(vec!["10.244.3.4:8080".into()])

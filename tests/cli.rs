@@ -264,3 +264,39 @@ fn render_rules_of_a_mode_without_a_backend_exits_2() {
     let out = sliceproxy(&args);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn render_reports_a_type_error_in_a_list_item_with_its_field_path_and_renders_the_rest() {
+    let text = r#"apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: bad, namespace: ns}
+  spec: {clusterIP: 10.96.0.1, ports: [{port: "eighty"}]}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: good, namespace: ns}
+  spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
+kind: List
+"#;
+    let path = temp_file("list-type-error.yaml", text);
+    let out = sliceproxy(&["render", "-f", path.to_str().unwrap(), "--hostname-override", "n1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Service ns/bad: spec.ports[0].port: invalid type: string \"eighty\"") && err.contains("items[0]"),
+        "{err}"
+    );
+    assert!(stdout(&out).contains("ns/good"), "the valid item is still rendered");
+    let out = sliceproxy(&[
+        "render",
+        "-f",
+        path.to_str().unwrap(),
+        "--hostname-override",
+        "n1",
+        "--proxy-mode",
+        "iptables",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("ns/good"), "iptables output too");
+}

@@ -136,7 +136,14 @@ async fn agent_with_the_daemonsets_arguments_and_token_syncs() {
         .mount_path
         .clone();
     let dir = tempdir();
+    // The ServiceAccount mount, as kubelet lays it out (token filled in below).
+    let sa_dir = dir.join("serviceaccount");
+    std::fs::create_dir_all(&sa_dir).unwrap();
+    std::fs::copy(cp.ca_cert_path(), sa_dir.join("ca.crt")).unwrap();
     for (key, value) in configmap().data.unwrap() {
+        let value = value
+            .replace(&mount, dir.to_str().unwrap())
+            .replace(SA_MOUNT, sa_dir.to_str().unwrap());
         std::fs::write(dir.join(&key), value).unwrap();
     }
     let args: Vec<String> = container
@@ -198,7 +205,32 @@ async fn agent_with_the_daemonsets_arguments_and_token_syncs() {
         .await
         .unwrap();
 
-    let client = cp.client_for_token(&token).await;
+    std::fs::write(sa_dir.join("token"), &token).unwrap();
+    // The agent reaches the API server through the shipped kubeconfig.conf
+    // (the real address, never the kubernetes Service it has yet to program)
+    // with the pod's token file: here with `server` set as an operator would.
+    let kubeconfig = config
+        .kubeconfig
+        .clone()
+        .expect("the ConfigMap's config.conf names a kubeconfig");
+    assert_eq!(kubeconfig, dir.join("kubeconfig.conf"));
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    assert!(
+        text.contains("tokenFile: ") && text.contains("server: https://kube-apiserver.invalid:6443"),
+        "{text}"
+    );
+    std::fs::write(
+        &kubeconfig,
+        text.replace("https://kube-apiserver.invalid:6443", &cp.url()),
+    )
+    .unwrap();
+    let file = kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig.conf parses");
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig.conf is a usable client configuration"),
+    )
+    .unwrap();
     let dataplane = MemoryDataplane::new();
     let handle = dataplane.handle();
     let agent = Agent::new(
@@ -262,6 +294,9 @@ async fn agent_with_the_daemonsets_arguments_and_token_syncs() {
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Where Kubernetes mounts a pod's ServiceAccount token and CA.
+const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sliceproxy-deploy-{}", std::process::id()));

@@ -304,8 +304,13 @@ impl ServicePortInfo {
     }
 
     /// Some traffic uses the cluster-wide endpoint set (upstream's `UsesClusterEndpoints`).
+    ///
+    /// Every externally reachable port uses them: with
+    /// `externalTrafficPolicy: Local`, pods and the node itself still reach
+    /// the external frontends through the cluster-wide set (the
+    /// short-circuit), also when `internalTrafficPolicy` is Local.
     pub fn uses_cluster_endpoints(&self) -> bool {
-        !self.internal_policy_local || (self.externally_accessible() && !self.external_policy_local)
+        !self.internal_policy_local || self.externally_accessible()
     }
 
     /// Some traffic uses only this node's endpoints (upstream's `UsesLocalEndpoints`).

@@ -28,10 +28,22 @@ enum Op {
     Zone(Option<usize>),
 }
 
+/// Port names are unique within one object (API validation), so of `a/TCP`
+/// and `a/UDP` only the first is kept; across objects both still meet.
+fn unique_names(ports: Vec<(&'static str, &'static str)>) -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for p in ports {
+        if !out.iter().any(|q| q.0 == p.0) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn service_strategy() -> impl Strategy<Value = Service> {
     (
         0..SERVICES.len(),
-        proptest::sample::subsequence(PORTS.to_vec(), 0..=3),
+        proptest::sample::subsequence(PORTS.to_vec(), 1..=3).prop_map(unique_names),
         0..3usize, // family: v4, v6, dual
         any::<bool>(),
         any::<bool>(),
@@ -60,8 +72,11 @@ fn service_strategy() -> impl Strategy<Value = Service> {
                 "type": if np { "NodePort" } else { "ClusterIP" },
                 "clusterIP": ips[0], "clusterIPs": ips, "ports": ports,
                 "internalTrafficPolicy": if itp { "Local" } else { "Cluster" },
-                "externalTrafficPolicy": if etp { "Local" } else { "Cluster" },
             });
+            if np {
+                // Only externally accessible Services may set it (API validation).
+                spec["externalTrafficPolicy"] = json!(if etp { "Local" } else { "Cluster" });
+            }
             if aff {
                 spec["sessionAffinity"] = json!("ClientIP");
             }
@@ -98,7 +113,7 @@ fn slice_strategy() -> impl Strategy<Value = Slice> {
         0..SLICES.len(),
         0..SERVICES.len(),
         any::<bool>(),
-        proptest::sample::subsequence(PORTS.to_vec(), 0..=3),
+        proptest::sample::subsequence(PORTS.to_vec(), 0..=3).prop_map(unique_names),
         0..2u16,
     )
         .prop_flat_map(|(name, svc, v6, ports, pv)| {
@@ -106,7 +121,7 @@ fn slice_strategy() -> impl Strategy<Value = Slice> {
                 let ports: Vec<Value> = ports.iter().map(|(n, p)| port(n, 8080 + pv, p)).collect();
                 let family = if v6 { "IPv6" } else { "IPv4" };
                 // Slice names are per family so that one name never changes family.
-                let slice_name = format!("{}-{}", SLICES[name], family);
+                let slice_name = format!("{}-{}", SLICES[name], family.to_lowercase());
                 slice("ns", &slice_name, SERVICES[svc], family, json!(ports), json!(eps))
             })
         })
@@ -128,7 +143,7 @@ fn slice_key_at(i: usize) -> SliceKey {
     let family = if i.is_multiple_of(2) { "IPv4" } else { "IPv6" };
     SliceKey {
         namespace: "ns".into(),
-        name: format!("{}-{}", SLICES[i / 2], family).into(),
+        name: format!("{}-{}", SLICES[i / 2], family.to_lowercase()).into(),
     }
 }
 

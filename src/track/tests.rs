@@ -158,13 +158,17 @@ fn slice_ports_join_service_ports_by_name_and_protocol() {
         "dns-1",
         "dns",
         "IPv4",
-        // "dns" as TCP matches no Service port; "unused" matches none either.
-        json!([
-            port("dns", 5353, "UDP"),
-            port("dns-tcp", 5354, "TCP"),
-            port("dns", 5355, "TCP"),
-            port("unused", 1, "TCP")
-        ]),
+        json!([port("dns", 5353, "UDP"), port("dns-tcp", 5354, "TCP")]),
+        json!([ep("10.244.1.53", "node-a")]),
+    ));
+    // "dns" as TCP matches no Service port; "unused" matches none either.
+    // (Another slice: port names are unique within one.)
+    t.apply_slice(slice(
+        "ns",
+        "dns-2",
+        "dns",
+        "IPv4",
+        json!([port("dns", 5355, "TCP"), port("unused", 1, "TCP")]),
         json!([ep("10.244.1.53", "node-a")]),
     ));
     let udp = key("dns", "dns", Protocol::Udp);

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 
+use super::validate;
 use crate::model::{
     FamilyFrontends, IpFamily, Name, NodeInfo, Protocol, Service, ServiceKey, ServicePortInfo, ServicePortKey,
     ServiceType, Slice, SliceEndpoint, SliceKey, SlicePort,
@@ -25,9 +26,11 @@ pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 /// Upstream's default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10800;
 
-/// An object that could not be converted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} {object}: {field}: {message}")]
+/// An object that could not be converted. Displayed as
+/// `Kind namespace/name: field.path: problem`, with the name and the path
+/// escaped ([`validate::escape`]) and values quoted ([`validate::show`]), so
+/// object text cannot forge or hide a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvertError {
     /// `Service`, `EndpointSlice` or `Node`.
     pub kind: &'static str,
@@ -37,6 +40,27 @@ pub struct ConvertError {
     pub field: String,
     /// What is wrong with it, quoting the value.
     pub message: String,
+}
+
+impl std::fmt::Display for ConvertError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}: {}",
+            self.kind,
+            validate::escape(&self.object),
+            validate::escape(&self.field),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ConvertError {}
+
+impl ConvertError {
+    fn from_field(kind: &'static str, object: &str, e: validate::FieldError) -> ConvertError {
+        err(kind, object, e.field, e.message)
+    }
 }
 
 fn err(kind: &'static str, object: &str, field: impl Into<String>, message: impl Into<String>) -> ConvertError {
@@ -72,19 +96,31 @@ pub fn slice_key(slice: &discovery::EndpointSlice) -> SliceKey {
     }
 }
 
+/// An address as upstream reads it ([`validate::parse_ip_sloppy`]). The
+/// object was validated first, so a failure here is a validation gap; it is
+/// still an error, never a panic.
 fn parse_ip(kind: &'static str, object: &str, field: &str, s: &str) -> Result<IpAddr, ConvertError> {
-    s.trim()
-        .parse::<IpAddr>()
-        .map_err(|_| err(kind, object, field, format!("{s:?} is not an IP address")))
+    validate::parse_ip_sloppy(s).ok_or_else(|| {
+        err(
+            kind,
+            object,
+            field,
+            format!("Invalid value: {}: must be a valid IP address", validate::show(s)),
+        )
+    })
 }
 
+/// A source range as upstream reads it: space-trimmed (a historical
+/// allowance), host bits cleared ([`validate::parse_cidr_sloppy`]).
 fn parse_cidr(object: &str, field: &str, s: &str) -> Result<IpNet, ConvertError> {
-    let s = s.trim();
-    // Upstream accepts a bare address here too, meaning a single host.
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map(|n| n.trunc())
-        .map_err(|_| err("Service", object, field, format!("{s:?} is not a CIDR")))
+    validate::parse_cidr_sloppy(s.trim()).ok_or_else(|| {
+        err(
+            "Service",
+            object,
+            field,
+            format!("Invalid value: {}: must be a valid CIDR value", validate::show(s)),
+        )
+    })
 }
 
 /// Convert a Service into its ports. ExternalName Services, headless ones
@@ -93,6 +129,7 @@ fn parse_cidr(object: &str, field: &str, s: &str) -> Result<IpNet, ConvertError>
 pub fn service(svc: &core::Service) -> Result<Service, ConvertError> {
     let key = service_key(svc);
     let object = key.to_string();
+    validate::service(svc).map_err(|e| ConvertError::from_field("Service", &object, e))?;
     let empty = Service {
         key: key.clone(),
         ports: Vec::new(),
@@ -247,6 +284,7 @@ fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
 pub fn slice(s: &discovery::EndpointSlice) -> Result<Option<Slice>, ConvertError> {
     let key = slice_key(s);
     let object = key.to_string();
+    validate::endpoint_slice(s).map_err(|e| ConvertError::from_field("EndpointSlice", &object, e))?;
     let family = match s.address_type.as_str() {
         "IPv4" => IpFamily::V4,
         "IPv6" => IpFamily::V6,
@@ -361,6 +399,7 @@ fn names<'a>(it: impl Iterator<Item = &'a str>) -> Arc<[Name]> {
 /// Convert the agent's own Node.
 pub fn node(n: &core::Node) -> Result<NodeInfo, ConvertError> {
     let name = n.metadata.name.clone().unwrap_or_default();
+    validate::node(n).map_err(|e| ConvertError::from_field("Node", &name, e))?;
     let zone = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned();
     let to_be_deleted = n
         .spec
@@ -369,9 +408,12 @@ pub fn node(n: &core::Node) -> Result<NodeInfo, ConvertError> {
         .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
     let mut addresses = Vec::new();
     let status_addresses = n.status.as_ref().and_then(|s| s.addresses.as_ref());
-    for (i, a) in status_addresses.into_iter().flatten().enumerate() {
-        if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
-            let ip = parse_ip("Node", &name, &format!("status.addresses[{i}].address"), &a.address)?;
+    for a in status_addresses.into_iter().flatten() {
+        // The API server does not validate node addresses; kube-proxy skips
+        // the ones it cannot parse, and so do we.
+        if (a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            && let Some(ip) = validate::parse_ip_sloppy(&a.address)
+        {
             push_unique(&mut addresses, ip);
         }
     }

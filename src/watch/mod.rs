@@ -5,6 +5,7 @@
 //! same step it applies the rest: no half-empty table in between.
 
 pub mod convert;
+pub mod validate;
 
 use std::fmt::Debug;
 use std::pin::Pin;

@@ -29,7 +29,7 @@ fn service_fields_convert() {
         json!({
             "type": "LoadBalancer", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1", "fd00::1"],
             "externalIPs": ["198.51.100.1", "2001:db8::1"],
-            "loadBalancerSourceRanges": ["198.51.100.0/24", "2001:db8::/64", "192.0.2.7"],
+            "loadBalancerSourceRanges": ["198.51.100.0/24", "2001:db8::/64", "192.0.2.7/32"],
             "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
             "sessionAffinity": "ClientIP", "trafficDistribution": "PreferClose",
             "ports": [{"name": "http", "port": 80, "nodePort": 30080}, {"name": "dns", "port": 53, "protocol": "UDP"}],
@@ -102,7 +102,7 @@ fn malformed_service_errors_name_the_field_and_value() {
     let bad_range = service_object(
         "ns",
         "x",
-        json!({"clusterIP": "10.96.0.1", "loadBalancerSourceRanges": ["nope"], "ports": [{"port": 80}]}),
+        json!({"type": "LoadBalancer", "clusterIP": "10.96.0.1", "loadBalancerSourceRanges": ["nope"], "ports": [{"port": 80}]}),
         None,
     );
     assert!(

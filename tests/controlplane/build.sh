@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kubectl and etcd for sliceproxy's integration tests
+# Builds kube-apiserver, kubectl, kube-proxy and etcd for sliceproxy's tests
 # into a cache OUTSIDE the repository:
 #
 #   ${SLICEPROXY_CACHE:-$HOME/.cache/sliceproxy}/controlplane/<K8S_VERSION>-<ETCD_VERSION>/
@@ -8,9 +8,10 @@
 # path). Skips the build when the cached binaries exist and report the
 # expected versions. Prints the bin dir on its last line.
 #
-# Measured on 2 cores: 3m22s with an empty GOCACHE but modules already
-# downloaded; 5m48s fully cold (also downloads ~670 MB into GOMODCACHE);
-# cached re-run: 0.1 s. In CI, cache this script's output dir keyed on
+# Measured on 2 cores with v1.34.4: 3m22s with an empty GOCACHE but modules
+# already downloaded; 5m48s fully cold (also downloads ~670 MB into
+# GOMODCACHE); cached re-run: 0.1 s. v1.37.2 (+ kube-proxy): 3m25s with a
+# warm GOCACHE. In CI, cache this script's output dir keyed on
 # versions.env (and/or Go's GOCACHE and GOMODCACHE).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,8 +39,9 @@ etcd_version()      { "$1" --version 2>/dev/null | sed -n 's/^etcd Version: \([^
 
 up_to_date() {
   local d=$1
-  [[ -x "$d/kube-apiserver" && -x "$d/kubectl" && -x "$d/etcd" ]] || return 1
+  [[ -x "$d/kube-apiserver" && -x "$d/kubectl" && -x "$d/kube-proxy" && -x "$d/etcd" ]] || return 1
   [[ "$(apiserver_version "$d/kube-apiserver" || true)" == "$K8S_VERSION" ]] || return 1
+  [[ "$(apiserver_version "$d/kube-proxy" || true)" == "$K8S_VERSION" ]] || return 1
   [[ "$(kubectl_version "$d/kubectl" || true)" == "$K8S_VERSION" ]] || return 1
   [[ "$(etcd_version "$d/etcd" || true)" == "$ETCD_VERSION" ]] || return 1
 }
@@ -57,12 +59,6 @@ mod_version() { (cd "$here/$1" && go list -m -f '{{.Version}}' "$2"); }
 [[ "$(mod_version etcd go.etcd.io/etcd/server/v3)" == "$ETCD_VERSION" ]] ||
   die "etcd/go.mod does not require go.etcd.io/etcd/server/v3 $ETCD_VERSION; run $here/gen-gomod.sh"
 
-# Release date of the tag (from the module proxy's .info), used as buildDate
-# so that builds are reproducible.
-release_date() {
-  (cd "$here/$1" && go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' "$2")
-}
-
 # Build into a scratch dir next to the destination, then rename each binary
 # into place, so an interrupted or concurrent run never leaves a half-written
 # binary where the tests look.
@@ -70,20 +66,8 @@ mkdir -p "$bin_dir"
 tmp=$(mktemp -d "$bin_dir/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
-# Kubernetes version stamping, as hack/lib/version.sh does it: the same -X
-# flags for k8s.io/component-base/version (kube-apiserver; also feeds the
-# "binary version" used for emulation/compatibility versions, which must
-# parse as 1.MINOR) and k8s.io/client-go/pkg/version (kubectl's client side).
-# gitCommit is left empty: the module proxy does not record the commit hash
-# (the default would print the literal "$Format:%H$").
-k8s_minor=${K8S_VERSION#v1.}; k8s_minor=${k8s_minor%%.*}
-k8s_date=$(release_date k8s k8s.io/kubernetes)
-[[ -n "$k8s_date" ]] || die "could not read the release date of k8s.io/kubernetes@$K8S_VERSION"
-k8s_ldflags="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  k8s_ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$k8s_minor"
-  k8s_ldflags+=" -X $pkg.gitCommit= -X $pkg.buildDate=$k8s_date"
-done
+# shellcheck source=k8s-ldflags.sh
+source "$here/k8s-ldflags.sh"
 
 # etcd's version is a constant in go.etcd.io/etcd/api/v3/version; only GitSHA
 # is stamped by etcd's ./build script. We have no SHA from the proxy either.
@@ -94,16 +78,19 @@ export CGO_ENABLED=0
 
 log "building etcd $ETCD_VERSION"
 (cd "$here/etcd" && go build -buildvcs=false -trimpath -ldflags "$etcd_ldflags" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
-log "building kube-apiserver and kubectl $K8S_VERSION (slow: several minutes on a cold Go build cache)"
-(cd "$here/k8s" && go build -buildvcs=false -trimpath -ldflags "$k8s_ldflags" -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
-(cd "$here/k8s" && go build -buildvcs=false -trimpath -ldflags "$k8s_ldflags" -o "$tmp/kubectl" k8s.io/kubernetes/cmd/kubectl)
+log "building kube-apiserver, kubectl and kube-proxy $K8S_VERSION (slow: several minutes on a cold Go build cache)"
+# One go build for the three: shared packages compile once. kube-proxy is
+# upstream's, for the side-by-side benchmark (issue 14).
+(cd "$here/k8s" && go build -buildvcs=false -trimpath -ldflags "$k8s_ldflags" -o "$tmp/" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-proxy)
 
-for b in etcd kube-apiserver kubectl; do mv -f "$tmp/$b" "$bin_dir/$b"; done
+for b in etcd kube-apiserver kubectl kube-proxy; do mv -f "$tmp/$b" "$bin_dir/$b"; done
 
 up_to_date "$bin_dir" || {
   log "built binaries report unexpected versions:"
   "$bin_dir/kube-apiserver" --version >&2 || true
   "$bin_dir/kubectl" version --client >&2 || true
+  "$bin_dir/kube-proxy" --version >&2 || true
   "$bin_dir/etcd" --version >&2 || true
   die "version check failed after build"
 }

@@ -69,9 +69,20 @@ impl RunningAgent {
         self.dataplane.syncs().into_iter().filter(|s| !s.failed).collect()
     }
 
-    /// Wait until `pred` holds for what is programmed in `ns`.
+    /// Wait (up to 30 s) until `pred` holds for what is programmed in `ns`.
     pub async fn wait_for(&self, ns: &str, what: &str, pred: impl Fn(&BTreeMap<ServicePortKey, PortPlan>) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        self.wait_for_within(Duration::from_secs(30), ns, what, pred).await;
+    }
+
+    /// [`wait_for`](Self::wait_for) with a deadline of `timeout`.
+    pub async fn wait_for_within(
+        &self,
+        timeout: Duration,
+        ns: &str,
+        what: &str,
+        pred: impl Fn(&BTreeMap<ServicePortKey, PortPlan>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let programmed = self.programmed(ns);
             if pred(&programmed) {

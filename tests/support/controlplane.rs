@@ -38,7 +38,7 @@
 //!
 //! # Forcing `410 Gone` on watches
 //!
-//! Observed with kube-apiserver v1.34.4:
+//! Observed with kube-apiserver v1.34.4, and again with v1.37.2 (the tests relying on it pass):
 //!
 //! * With the watch cache (the default, as in real clusters; it is also what
 //!   sends BOOKMARK events and serves streaming lists), watches are served from

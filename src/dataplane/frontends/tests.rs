@@ -270,6 +270,36 @@ fn external_traffic_policy_local_without_local_endpoint_drops_external_traffic()
 }
 
 #[test]
+fn both_policies_local_still_short_circuit_pods_and_the_node_to_the_cluster_set() {
+    // Upstream's UsesClusterEndpoints is true for every externally reachable
+    // port: the externalTrafficPolicy=Local short-circuit needs the cluster
+    // set even when internalTrafficPolicy is Local too (found by the
+    // differential against kube-proxy: gen-0086 and gen-0236).
+    let p = plan_for(
+        json!({"type": "NodePort", "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local"}),
+        json!([ep("10.0.1.2", "node-b")]),
+        None,
+    );
+    assert_eq!(
+        verdict(&p, FrontendKind::NodePort, ClientClass::External),
+        oracle::Verdict::Drop
+    );
+    assert_eq!(
+        verdict(&p, FrontendKind::NodePort, ClientClass::Pod),
+        fwd(&["10.0.1.2"], false)
+    );
+    assert_eq!(
+        verdict(&p, FrontendKind::NodePort, ClientClass::Node),
+        fwd(&["10.0.1.2"], true)
+    );
+    // The cluster IP follows internalTrafficPolicy=Local: no local endpoint, drop.
+    assert_eq!(
+        verdict(&p, FrontendKind::ClusterIp, ClientClass::Pod),
+        oracle::Verdict::Drop
+    );
+}
+
+#[test]
 fn external_traffic_policy_cluster_masquerades_everything() {
     let p = plan_for(
         json!({"type": "NodePort"}),
