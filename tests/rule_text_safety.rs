@@ -21,7 +21,7 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use sliceproxy::dataplane::iptables::IptablesDataplane;
-use sliceproxy::dataplane::iptables::rules::RuleConfig;
+use sliceproxy::dataplane::frontends::NodeSettings;
 use sliceproxy::model::IpFamily;
 use sliceproxy::policy::NodeContext;
 use sliceproxy::snapshot::RenderInput;
@@ -158,12 +158,12 @@ fn table() -> impl Strategy<Value = Vec<(Value, Value)>> {
     (1..6usize).prop_flat_map(|n| (0..n).map(service_and_slice).collect::<Vec<_>>())
 }
 
-fn rule_config(masquerade_all: bool) -> RuleConfig {
-    RuleConfig {
-        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+fn rule_config(masquerade_all: bool) -> NodeSettings {
+    NodeSettings::new(
+        &["10.244.0.0/16".parse().unwrap()],
         masquerade_all,
-        node_port_addresses: vec!["192.168.50.10".parse().unwrap()],
-    }
+        &["192.168.50.10".parse().unwrap()],
+    )
 }
 
 /// Every line is a table header, a chain of ours (or a built-in one), a
