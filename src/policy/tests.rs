@@ -21,7 +21,8 @@ fn plan_for(spec: serde_json::Value, endpoints: serde_json::Value, zone: Option<
             ..Default::default()
         }));
     }
-    let mut spec_full = json!({"clusterIP": "10.96.0.1", "ports": [{"name": "p", "port": 80, "nodePort": 30080}]});
+    let mut spec_full =
+        json!({"type": "NodePort", "clusterIP": "10.96.0.1", "ports": [{"name": "p", "port": 80, "nodePort": 30080}]});
     for (k, v) in spec.as_object().expect("object") {
         spec_full[k] = v.clone();
     }

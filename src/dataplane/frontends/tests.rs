@@ -117,7 +117,8 @@ fn plan_for(spec: serde_json::Value, endpoints: serde_json::Value, zone: Option<
             ..Default::default()
         }));
     }
-    let mut spec_full = json!({"clusterIP": "10.96.0.1", "ports": [{"name": "p", "port": 80, "nodePort": 30080}]});
+    let mut spec_full =
+        json!({"type": "NodePort", "clusterIP": "10.96.0.1", "ports": [{"name": "p", "port": 80, "nodePort": 30080}]});
     for (k, v) in spec.as_object().expect("object") {
         spec_full[k] = v.clone();
     }
@@ -420,9 +421,11 @@ const CASES: &[Case] = &[
     case(false, true,  false, true,  true,  ["C-", "C+", "C+"],    ["C-", "C+", "D"]),
     case(false, true,  false, true,  false, ["C-", "C-", "C-"],    ["D", "C+", "D"]),
     case(false, true,  true,  false, true,  ["C-", "C+", "C+"],    ["C-", "C+", "L-"]),
-    case(true,  true,  true,  true,  true,  ["L-", "L+", "L+"],    ["L-", "L+", "L-"]),
-    case(true,  true,  false, true,  true,  ["D", "D", "D"],       ["D", "D", "D"]),
-    case(true,  true,  false, true,  false, ["D", "D", "D"],       ["D", "D", "D"]),
+    // Both Local: the node port's pod and node sources still short-circuit
+    // to the cluster set (upstream's UsesClusterEndpoints).
+    case(true,  true,  true,  true,  true,  ["L-", "L+", "L+"],    ["C-", "C+", "L-"]),
+    case(true,  true,  false, true,  true,  ["D", "D", "D"],       ["C-", "C+", "D"]),
+    case(true,  true,  false, true,  false, ["D", "D", "D"],       ["D", "C+", "D"]),
     case(true,  true,  false, false, true,  ["R", "R", "R"],       ["R", "R", "R"]),
 ];
 
