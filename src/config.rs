@@ -14,7 +14,6 @@
 //! operator's existing kube-proxy ConfigMap works unchanged. A field with a wrong type or an
 //! invalid value is an error that names the field and the value.
 
-use std::fmt;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -24,7 +23,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde_yaml::{Mapping, Value};
 
-use crate::model::NodePortAddresses;
+use crate::model::{NodePortAddresses, ProxyMode};
 
 /// The only `apiVersion` accepted in a config file.
 pub const API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
@@ -227,51 +226,6 @@ pub struct ProxyFlags {
         value_parser = parse_go_bool
     )]
     pub cleanup: Option<bool>,
-}
-
-/// Which dataplane programs the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProxyMode {
-    /// iptables NAT rules; upstream's default on Linux.
-    #[default]
-    Iptables,
-    /// nftables rules.
-    Nftables,
-    /// IPVS virtual servers.
-    Ipvs,
-}
-
-impl ProxyMode {
-    /// The name kube-proxy uses for the mode.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProxyMode::Iptables => "iptables",
-            ProxyMode::Nftables => "nftables",
-            ProxyMode::Ipvs => "ipvs",
-        }
-    }
-}
-
-impl fmt::Display for ProxyMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ProxyMode {
-    type Err = String;
-
-    /// Parses `iptables`, `nftables` or `ipvs`. The empty string is rejected here; callers treat
-    /// it as "the default" themselves because that is a property of the file format, not the mode.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "iptables" => Ok(ProxyMode::Iptables),
-            "nftables" => Ok(ProxyMode::Nftables),
-            "ipvs" => Ok(ProxyMode::Ipvs),
-            _ => Err("must be iptables, nftables or ipvs (blank means iptables)".to_string()),
-        }
-    }
 }
 
 /// IPVS settings (used by a later issue; parse and validate them now).

@@ -7,6 +7,8 @@
 //! all of it.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod diagnose;

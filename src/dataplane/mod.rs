@@ -4,6 +4,7 @@
 //! nftables, ipvs) live in their own modules; [`memory::MemoryDataplane`]
 //! records what it was asked to program, for tests and dry runs.
 
+pub mod build;
 pub mod conntrack;
 pub mod exec;
 pub mod frontends;

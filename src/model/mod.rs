@@ -402,6 +402,51 @@ pub struct NodeInfo {
     pub addresses: Vec<IpAddr>,
 }
 
+/// Which dataplane programs the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    /// iptables NAT rules; upstream's default on Linux.
+    #[default]
+    Iptables,
+    /// nftables rules.
+    Nftables,
+    /// IPVS virtual servers.
+    Ipvs,
+}
+
+impl ProxyMode {
+    /// The name kube-proxy uses for the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyMode::Iptables => "iptables",
+            ProxyMode::Nftables => "nftables",
+            ProxyMode::Ipvs => "ipvs",
+        }
+    }
+}
+
+impl fmt::Display for ProxyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ProxyMode {
+    type Err = String;
+
+    /// Parses `iptables`, `nftables` or `ipvs`. The empty string is rejected here; callers treat
+    /// it as "the default" themselves because that is a property of the file format, not the mode.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "iptables" => Ok(ProxyMode::Iptables),
+            "nftables" => Ok(ProxyMode::Nftables),
+            "ipvs" => Ok(ProxyMode::Ipvs),
+            _ => Err("must be iptables, nftables or ipvs (blank means iptables)".to_string()),
+        }
+    }
+}
+
 /// Which of the node's addresses serve node ports (`--nodeport-addresses`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NodePortAddresses {

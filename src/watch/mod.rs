@@ -234,3 +234,58 @@ pub fn watch_all(client: Client, config: &WatchConfig) -> EventStream {
 
 #[cfg(test)]
 mod tests;
+
+/// The API client could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `--kubeconfig` could not be read or used.
+    #[error("--kubeconfig {path}: {message}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// Neither `--kubeconfig` nor `--master`, and no in-cluster ServiceAccount.
+    #[error("no --kubeconfig and not in a cluster: {0}")]
+    NotInCluster(String),
+    /// `--master` is not a URL.
+    #[error("--master {value:?}: {message}")]
+    Master {
+        /// The value.
+        value: String,
+        /// Why.
+        message: String,
+    },
+    /// The client could not be built (TLS settings and the like).
+    #[error("{0}")]
+    Client(#[from] kube::Error),
+}
+
+/// The API client as kube-proxy configures it: `--kubeconfig` (with
+/// `--master` overriding its server), else `--master` alone, else the
+/// in-cluster ServiceAccount.
+pub async fn client(config: &crate::config::Config) -> Result<Client, ClientError> {
+    let kubeconfig_error = |path: &std::path::Path, e: &dyn std::fmt::Display| ClientError::Kubeconfig {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let master_error = |value: &str, e: &dyn std::fmt::Display| ClientError::Master {
+        value: value.to_string(),
+        message: e.to_string(),
+    };
+    let mut kc = match (&config.kubeconfig, &config.master) {
+        (Some(path), _) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| kubeconfig_error(path, &e))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| kubeconfig_error(path, &e))?
+        }
+        (None, Some(master)) => kube::Config::new(master.parse().map_err(|e| master_error(master, &e))?),
+        (None, None) => kube::Config::incluster().map_err(|e| ClientError::NotInCluster(e.to_string()))?,
+    };
+    if let Some(master) = &config.master {
+        kc.cluster_url = master.parse().map_err(|e| master_error(master, &e))?;
+    }
+    Ok(Client::try_from(kc)?)
+}

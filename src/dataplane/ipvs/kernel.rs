@@ -69,6 +69,47 @@ impl IpvsKernel for IpvsClient {
     }
 }
 
+/// The IPVS table of a kernel without IPVS: it lists nothing (nothing of
+/// ours can be in it) and refuses every change with
+/// [`IpvsError::NotSupported`]. `--cleanup` uses it on such a host, so the
+/// IPVS mode's other state (ipsets, iptables layer, dummy interface) is
+/// still removed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnsupportedIpvs;
+
+impl IpvsKernel for UnsupportedIpvs {
+    fn list_services(&mut self) -> Result<Vec<VirtualService>> {
+        Ok(Vec::new())
+    }
+    fn add_service(&mut self, _: &VirtualService) -> Result<()> {
+        Err(IpvsError::NotSupported)
+    }
+    fn edit_service(&mut self, _: &VirtualService) -> Result<()> {
+        Err(IpvsError::NotSupported)
+    }
+    fn delete_service(&mut self, _: &VirtualService) -> Result<()> {
+        Err(IpvsError::NotSupported)
+    }
+    fn list_destinations(&mut self, _: &VirtualService) -> Result<Vec<RealServer>> {
+        Ok(Vec::new())
+    }
+    fn add_destination(&mut self, _: &VirtualService, _: &RealServer) -> Result<()> {
+        Err(IpvsError::NotSupported)
+    }
+    fn edit_destination(&mut self, _: &VirtualService, _: &RealServer) -> Result<()> {
+        Err(IpvsError::NotSupported)
+    }
+    fn delete_destination(&mut self, _: &VirtualService, _: &RealServer) -> Result<()> {
+        Err(IpvsError::NotSupported)
+    }
+    fn set_timeouts(&mut self, _: &Timeouts) -> Result<()> {
+        Err(IpvsError::NotSupported)
+    }
+    fn get_timeouts(&mut self) -> Result<Timeouts> {
+        Err(IpvsError::NotSupported)
+    }
+}
+
 /// Identity of a virtual service as the kernel looks it up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceId {
