@@ -59,7 +59,7 @@ pub async fn run_agent(config: Config, dataplane: Box<dyn Dataplane>) -> Result<
     let agent = Agent::new(Tracker::new(NodeContext::new(&config.hostname)), dataplane, settings);
     // /healthz, /livez, /metrics, /proxyMode and the health-check node ports;
     // they stop with the process (the rules do not).
-    let (mut agent, _servers) = crate::metrics::instrument(
+    let (mut agent, _servers) = crate::observe::instrument(
         agent,
         &config,
         config.mode.as_str(),

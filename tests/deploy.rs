@@ -243,7 +243,7 @@ async fn agent_with_the_daemonsets_arguments_and_token_syncs() {
         },
     );
     // The same wiring as `run_agent` (health-check node ports on loopback here).
-    let (agent, servers) = sliceproxy::metrics::instrument(agent, &config, "iptables", IpAddr::V4(Ipv4Addr::LOCALHOST))
+    let (agent, servers) = sliceproxy::observe::instrument(agent, &config, "iptables", IpAddr::V4(Ipv4Addr::LOCALHOST))
         .await
         .expect("ports 10256 and 10249 free");
     let status = agent.subscribe();

@@ -17,7 +17,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sliceproxy::config::{Config, ProxyFlags};
 use sliceproxy::dataplane::memory::{MemoryDataplane, MemoryHandle};
-use sliceproxy::metrics::{self, METRIC_NAMES, Servers};
+use sliceproxy::observe::metrics::{self, METRIC_NAMES};
+use sliceproxy::observe::{self, Servers};
 use sliceproxy::policy::NodeContext;
 use sliceproxy::sync::{Agent, SyncSettings};
 use sliceproxy::track::Tracker;
@@ -61,7 +62,7 @@ async fn start(client: kube::Client, args: &[&str]) -> Running {
         sync_period: config.sync_period,
     };
     let agent = Agent::new(Tracker::new(NodeContext::new(&config.hostname)), dataplane, settings);
-    let (agent, servers) = metrics::instrument(agent, &config, "iptables", IpAddr::V4(Ipv4Addr::LOCALHOST))
+    let (agent, servers) = observe::instrument(agent, &config, "iptables", IpAddr::V4(Ipv4Addr::LOCALHOST))
         .await
         .expect("servers");
     let events = watch_all(

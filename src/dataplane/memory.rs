@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::{Dataplane, DataplaneError, SyncScope, SyncStats};
+use super::{Dataplane, DataplaneError, Operation, SyncScope, SyncStats};
 use crate::model::ServicePortKey;
 use crate::policy::PortPlan;
 use crate::track::BackendTable;
@@ -116,7 +116,7 @@ impl Dataplane for MemoryDataplane {
                 failed: true,
             });
             return Err(DataplaneError::Refused {
-                tool: "memory",
+                op: Operation::Injected,
                 message: "injected failure".into(),
             });
         }

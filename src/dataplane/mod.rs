@@ -46,23 +46,65 @@ pub struct SyncStats {
     pub duration: Duration,
 }
 
+/// What a backend was doing when the kernel or a tool failed it. Metrics
+/// and logs classify failures by this, never by a tool's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// An `iptables-restore` transaction (the iptables mode's rules, the
+    /// IPVS mode's iptables layer).
+    XtablesRestore,
+    /// Reading rules back with `iptables-save`.
+    XtablesSave,
+    /// One `iptables` command (a jump from a built-in chain, a chain flush).
+    XtablesCommand,
+    /// `ipset` (the IPVS mode's sets).
+    Ipset,
+    /// The IPVS generic-netlink interface (virtual and real servers).
+    Ipvs,
+    /// rtnetlink: the IPVS mode's dummy interface and its addresses.
+    Links,
+    /// A failure injected by a test dataplane.
+    Injected,
+}
+
+impl Operation {
+    /// The tool or interface, as errors name it.
+    pub fn tool(self) -> &'static str {
+        match self {
+            Operation::XtablesRestore => "iptables-restore",
+            Operation::XtablesSave => "iptables-save",
+            Operation::XtablesCommand => "iptables",
+            Operation::Ipset => "ipset",
+            Operation::Ipvs => "netlink",
+            Operation::Links => "rtnetlink",
+            Operation::Injected => "memory",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.tool())
+    }
+}
+
 /// A backend failure. The agent logs and counts it, keeps running, and
 /// retries with a full sync; the previous rules stay in place.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    /// The kernel (or a restore tool) refused the transaction.
-    #[error("{tool} refused the update: {message}")]
+    /// The kernel (or a restore tool) refused the change.
+    #[error("{op} refused the update: {message}")]
     Refused {
-        /// The tool or interface (`iptables-restore`, `nft`, `netlink`).
-        tool: &'static str,
-        /// What it said.
+        /// What was refused.
+        op: Operation,
+        /// What the kernel or the tool said.
         message: String,
     },
     /// A tool could not be run at all.
-    #[error("cannot run {tool}: {source}")]
+    #[error("cannot run {op}: {source}")]
     Exec {
-        /// The tool.
-        tool: &'static str,
+        /// What it was for.
+        op: Operation,
         /// Why.
         #[source]
         source: std::io::Error,
@@ -70,6 +112,14 @@ pub enum DataplaneError {
     /// Anything else, with context.
     #[error("{0}")]
     Other(String),
+}
+
+impl DataplaneError {
+    /// Whether this is `op`, refused (a tool that could not start is not a
+    /// refusal).
+    pub fn is_refused(&self, op: Operation) -> bool {
+        matches!(self, DataplaneError::Refused { op: o, .. } if *o == op)
+    }
 }
 
 /// A way of programming the kernel's load-balancing rules.

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use super::exec::{Exec, ToolError, run_tool};
+use super::{DataplaneError, Operation};
 use crate::model::IpFamily;
 
 /// Prefix of every chain sliceproxy creates.
@@ -279,6 +280,34 @@ pub fn shell_words(spec: &str) -> Vec<String> {
         words.push(cur);
     }
     words
+}
+
+/// What a run of one of [`Tools`]' programs was: a restore transaction,
+/// a save, or a single command. Our own program names decide (every
+/// variant's restore tool ends in `-restore`, its save tool in `-save`).
+pub fn operation(program: &str) -> Operation {
+    if program.ends_with("-restore") {
+        Operation::XtablesRestore
+    } else if program.ends_with("-save") {
+        Operation::XtablesSave
+    } else {
+        Operation::XtablesCommand
+    }
+}
+
+/// A refused or failed xtables command of `family`, as the agent reports it.
+pub fn dataplane_error(family: IpFamily, e: ToolError) -> DataplaneError {
+    let op = operation(e.program());
+    match e {
+        ToolError::Spawn { source, .. } => DataplaneError::Exec { op, source },
+        ToolError::Failed { program, args, stderr } => DataplaneError::Refused {
+            op,
+            message: match op {
+                Operation::XtablesRestore => format!("{program} ({family}): {stderr}"),
+                _ => format!("{program} {args}: {stderr}"),
+            },
+        },
+    }
 }
 
 #[cfg(test)]

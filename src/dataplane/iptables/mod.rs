@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use rules::{DispatchRule, OwnChain, PortRules};
 
-use super::exec::{Exec, ToolError};
+use super::exec::Exec;
 use super::frontends::{FrontendPlan, NodeSettings};
-use super::xtables::{self, ChainOwner, Jump, Table, Tools, Variant, shell_words};
+use super::xtables::{self, ChainOwner, Jump, Table, Tools, Variant, dataplane_error as xtables_error, shell_words};
 use super::{Dataplane, DataplaneError, SyncScope, SyncStats};
 use crate::model::{IpFamily, ServicePortKey};
 use crate::netaddr::NodePortSource;
@@ -339,36 +339,6 @@ fn chunk_size(variant: Variant) -> usize {
 
 /// See [`chunk_size`]; tuned by `benches/iptables.rs`.
 pub const NFT_CHUNK: usize = 100;
-
-/// A refused or failed xtables command as the agent reports it.
-fn xtables_error(family: IpFamily, e: ToolError) -> DataplaneError {
-    match e {
-        ToolError::Spawn { program, source } => DataplaneError::Exec {
-            tool: if program.ends_with("-restore") {
-                "iptables-restore"
-            } else if program.ends_with("-save") {
-                "iptables-save"
-            } else {
-                "iptables"
-            },
-            source,
-        },
-        ToolError::Failed { program, args, stderr } => DataplaneError::Refused {
-            tool: if program.ends_with("-restore") {
-                "iptables-restore"
-            } else if program.ends_with("-save") {
-                "iptables-save"
-            } else {
-                "iptables"
-            },
-            message: if program.ends_with("-restore") {
-                format!("{program} ({family}): {stderr}")
-            } else {
-                format!("{program} {args}: {stderr}")
-            },
-        },
-    }
-}
 
 impl FamilyState {
     fn restore(&self, exec: &mut dyn Exec, input: &str) -> Result<(), DataplaneError> {

@@ -37,7 +37,7 @@ use self::netlink::{ForwardMethod, IpvsError, RealServer, ServiceFlags, Timeouts
 use super::exec::{Exec, ToolError};
 use super::frontends::{FrontendPlan, NodeSettings};
 use super::xtables::{self, ChainOwner, Tools, Variant};
-use super::{Dataplane, DataplaneError, SyncScope, SyncStats};
+use super::{Dataplane, DataplaneError, Operation, SyncScope, SyncStats};
 use crate::model::{IpFamily, Protocol, ServicePortKey};
 use crate::netaddr::NodePortSource;
 use crate::track::BackendTable;
@@ -135,23 +135,19 @@ pub struct IpvsDataplane {
     timeouts_done: bool,
 }
 
-fn err(tool: &'static str, e: impl std::fmt::Display) -> DataplaneError {
+fn err(op: Operation, e: impl std::fmt::Display) -> DataplaneError {
     DataplaneError::Refused {
-        tool,
+        op,
         message: e.to_string(),
     }
 }
 
 /// A failed xtables command, as the agent reports it.
 fn tool_error(e: ToolError) -> DataplaneError {
-    let tool = if e.program().ends_with("-restore") {
-        "iptables-restore"
-    } else {
-        "iptables"
-    };
+    let op = xtables::operation(e.program());
     match e {
-        ToolError::Spawn { source, .. } => DataplaneError::Exec { tool, source },
-        e @ ToolError::Failed { .. } => err(tool, e),
+        ToolError::Spawn { source, .. } => DataplaneError::Exec { op, source },
+        e @ ToolError::Failed { .. } => err(op, e),
     }
 }
 
@@ -390,16 +386,13 @@ impl IpvsDataplane {
         out
     }
 
-    fn run(&mut self, tool: &'static str, program: &str, args: &[&str], input: &str) -> Result<String, DataplaneError> {
+    fn run(&mut self, op: Operation, program: &str, args: &[&str], input: &str) -> Result<String, DataplaneError> {
         let out = self
             .exec
             .run(program, args, input.as_bytes())
-            .map_err(|source| DataplaneError::Exec { tool, source })?;
+            .map_err(|source| DataplaneError::Exec { op, source })?;
         if !out.success {
-            return Err(err(
-                tool,
-                format!("{program} {}: {}", args.join(" "), out.stderr_text()),
-            ));
+            return Err(err(op, format!("{program} {}: {}", args.join(" "), out.stderr_text())));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -408,7 +401,8 @@ impl IpvsDataplane {
         if input.is_empty() {
             return Ok(());
         }
-        self.run("ipset", "ipset", &["-exist", "restore"], input).map(drop)
+        self.run(Operation::Ipset, "ipset", &["-exist", "restore"], input)
+            .map(drop)
     }
 
     fn set_sysctls(&mut self) {
@@ -488,9 +482,12 @@ impl IpvsDataplane {
         let out = self
             .exec
             .run("ipset", &["save"], b"")
-            .map_err(|source| DataplaneError::Exec { tool: "ipset", source })?;
+            .map_err(|source| DataplaneError::Exec {
+                op: Operation::Ipset,
+                source,
+            })?;
         if !out.success {
-            return Err(err("ipset", format!("ipset save: {}", out.stderr_text())));
+            return Err(err(Operation::Ipset, format!("ipset save: {}", out.stderr_text())));
         }
         Ok(parse_ipset_save(&String::from_utf8_lossy(&out.stdout)))
     }
@@ -521,12 +518,12 @@ impl IpvsDataplane {
                     Err(IpvsError::NotFound(_)) => {
                         self.model.remove(&want.key);
                     }
-                    Err(e) => return Err(err("netlink", format!("list {}: {e}", want.key))),
+                    Err(e) => return Err(err(Operation::Ipvs, format!("list {}: {e}", want.key))),
                 }
                 self.sync_vs_once(want, now)
-                    .map_err(|e| err("netlink", format!("{}: {e}", want.key)))
+                    .map_err(|e| err(Operation::Ipvs, format!("{}: {e}", want.key)))
             }
-            Err(e) => Err(err("netlink", format!("{}: {e}", want.key))),
+            Err(e) => Err(err(Operation::Ipvs, format!("{}: {e}", want.key))),
         }
     }
 
@@ -570,7 +567,7 @@ impl IpvsDataplane {
         self.draining.retain(|(k, _), _| *k != key);
         match self.kernel.delete_service(&svc) {
             Ok(()) | Err(IpvsError::NotFound(_)) => Ok(()),
-            Err(e) => Err(err("netlink", format!("delete {key}: {e}"))),
+            Err(e) => Err(err(Operation::Ipvs, format!("delete {key}: {e}"))),
         }
     }
 
@@ -589,7 +586,7 @@ impl IpvsDataplane {
                     self.draining.retain(|(k, _), _| *k != key);
                     continue;
                 }
-                Err(e) => return Err(err("netlink", format!("list {key}: {e}"))),
+                Err(e) => return Err(err(Operation::Ipvs, format!("list {key}: {e}"))),
             };
             let waiting: Vec<(SocketAddr, Instant)> = self
                 .draining
@@ -616,7 +613,7 @@ impl IpvsDataplane {
                 if delete {
                     match self.kernel.delete_destination(&svc, &rs(addr, 0)) {
                         Ok(()) | Err(IpvsError::NotFound(_)) => {}
-                        Err(e) => return Err(err("netlink", format!("delete {addr} from {key}: {e}"))),
+                        Err(e) => return Err(err(Operation::Ipvs, format!("delete {addr} from {key}: {e}"))),
                     }
                     self.draining.remove(&(key, addr));
                     if let Some(e) = self.model.get_mut(&key) {
@@ -631,11 +628,11 @@ impl IpvsDataplane {
     fn full_sync(&mut self, table: &BackendTable, stats: &mut SyncStats) -> Result<(), DataplaneError> {
         let now = (self.clock)();
         let iface = self.cfg.interface.clone();
-        self.links.ensure_dummy(&iface).map_err(|e| err("rtnetlink", e))?;
+        self.links.ensure_dummy(&iface).map_err(|e| err(Operation::Links, e))?;
         let dummy: Vec<IpAddr> = self
             .links
             .addresses(&iface)
-            .map_err(|e| err("rtnetlink", e))?
+            .map_err(|e| err(Operation::Links, e))?
             .unwrap_or_default();
         self.refresh_node_port_addresses(&dummy)?;
         self.set_sysctls();
@@ -697,12 +694,14 @@ impl IpvsDataplane {
         // Addresses before virtual servers: a new frontend answers at once.
         for a in want_addrs.keys() {
             if !dummy_set.contains(a) {
-                self.links.add_address(&iface, *a).map_err(|e| err("rtnetlink", e))?;
+                self.links
+                    .add_address(&iface, *a)
+                    .map_err(|e| err(Operation::Links, e))?;
             }
         }
 
         // IPVS: read the kernel, repair, and remove our stale servers.
-        let listed = self.kernel.list_services().map_err(|e| err("netlink", e))?;
+        let listed = self.kernel.list_services().map_err(|e| err(Operation::Ipvs, e))?;
         let mut model = HashMap::new();
         let mut stale = Vec::new();
         for svc in listed {
@@ -711,7 +710,7 @@ impl IpvsDataplane {
                 let dests = match self.kernel.list_destinations(&svc) {
                     Ok(d) => d,
                     Err(IpvsError::NotFound(_)) => continue,
-                    Err(e) => return Err(err("netlink", format!("list {key}: {e}"))),
+                    Err(e) => return Err(err(Operation::Ipvs, format!("list {key}: {e}"))),
                 };
                 let svc = VirtualService {
                     stats: None,
@@ -748,7 +747,9 @@ impl IpvsDataplane {
 
         for a in &dummy {
             if !want_addrs.contains_key(a) {
-                self.links.delete_address(&iface, *a).map_err(|e| err("rtnetlink", e))?;
+                self.links
+                    .delete_address(&iface, *a)
+                    .map_err(|e| err(Operation::Links, e))?;
             }
         }
         let families = self.cfg.families.clone();
@@ -823,7 +824,9 @@ impl IpvsDataplane {
         }
         del_addrs.retain(|a| !self.addr_refs.contains_key(a));
         for a in &add_addrs {
-            self.links.add_address(&iface, *a).map_err(|e| err("rtnetlink", e))?;
+            self.links
+                .add_address(&iface, *a)
+                .map_err(|e| err(Operation::Links, e))?;
         }
         self.ipset_restore(&set_lines)?;
         stats.bytes_written += set_lines.len();
@@ -846,7 +849,9 @@ impl IpvsDataplane {
             }
         }
         for a in &del_addrs {
-            self.links.delete_address(&iface, *a).map_err(|e| err("rtnetlink", e))?;
+            self.links
+                .delete_address(&iface, *a)
+                .map_err(|e| err(Operation::Links, e))?;
         }
         // Draining real servers are checked by full syncs and `tick`, so a
         // partial sync sends only the messages of its own change.
@@ -905,7 +910,7 @@ impl Dataplane for IpvsDataplane {
         let dummy: BTreeSet<IpAddr> = self
             .links
             .addresses(&iface)
-            .map_err(|e| err("rtnetlink", e))?
+            .map_err(|e| err(Operation::Links, e))?
             .unwrap_or_default()
             .into_iter()
             .collect();
@@ -924,13 +929,13 @@ impl Dataplane for IpvsDataplane {
                     if (dummy.contains(&key.addr) || ours.contains(&key)) && !self.excluded(&key.addr) {
                         match self.kernel.delete_service(&svc) {
                             Ok(()) | Err(IpvsError::NotFound(_)) => {}
-                            Err(e) => return Err(err("netlink", format!("delete {key}: {e}"))),
+                            Err(e) => return Err(err(Operation::Ipvs, format!("delete {key}: {e}"))),
                         }
                     }
                 }
             }
             Err(IpvsError::NotSupported) => {}
-            Err(e) => return Err(err("netlink", e)),
+            Err(e) => return Err(err(Operation::Ipvs, e)),
         }
         for f in self.cfg.families.clone() {
             self.cleanup_iptables(f)?;
@@ -942,7 +947,7 @@ impl Dataplane for IpvsDataplane {
             }
             self.ipset_restore(&input)?;
         }
-        self.links.delete_link(&iface).map_err(|e| err("rtnetlink", e))?;
+        self.links.delete_link(&iface).map_err(|e| err(Operation::Links, e))?;
         self.applied.clear();
         self.model.clear();
         self.addr_refs.clear();

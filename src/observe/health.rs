@@ -11,125 +11,19 @@
 //! `/livez` ignores the Node (restarting the agent would not help).
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper::StatusCode;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use super::http::{ListenError, Reply, bind, serve};
+use super::metrics::Metrics;
 use crate::model::{NodeInfo, ServiceKey};
 use crate::sync::AgentStatus;
-
-/// A health server that could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum HealthError {
-    /// The address could not be bound (in use, not local, no permission).
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// One HTTP answer of the small servers here (and of the metrics server).
-#[derive(Debug, Clone)]
-pub struct Reply {
-    /// Status code.
-    pub status: StatusCode,
-    /// `Content-Type`.
-    pub content_type: &'static str,
-    /// Extra headers.
-    pub headers: Vec<(&'static str, String)>,
-    /// Body.
-    pub body: String,
-}
-
-impl Reply {
-    /// A JSON reply, with the headers upstream sends.
-    pub fn json(status: StatusCode, body: String) -> Reply {
-        Reply {
-            status,
-            content_type: "application/json",
-            headers: vec![("X-Content-Type-Options", "nosniff".to_string())],
-            body,
-        }
-    }
-
-    /// A plain-text reply.
-    pub fn text(status: StatusCode, body: impl Into<String>) -> Reply {
-        Reply {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            headers: vec![("X-Content-Type-Options", "nosniff".to_string())],
-            body: body.into(),
-        }
-    }
-}
-
-/// Bind `addr` (HTTP/1.1, one task per connection).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HealthError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| HealthError::Bind { addr, source })
-}
-
-/// Serve `handler` (called with the request path) on `listener` until the
-/// returned task is aborted. Minimal on purpose: these endpoints are probed
-/// by kubelet and load balancers, never browsed.
-pub fn serve<H>(listener: TcpListener, handler: H) -> JoinHandle<()>
-where
-    H: Fn(&str) -> Reply + Send + Sync + 'static,
-{
-    let handler = Arc::new(handler);
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait rather than spin.
-                    tracing::warn!(error = %e, "health/metrics server: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let handler = Arc::clone(&handler);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let reply = handler(req.uri().path());
-                    async move { Ok::<_, Infallible>(to_response(reply)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
-}
-
-fn to_response(reply: Reply) -> Response<Full<Bytes>> {
-    let mut builder = Response::builder()
-        .status(reply.status)
-        .header("Content-Type", reply.content_type);
-    for (k, v) in reply.headers {
-        builder = builder.header(k, v);
-    }
-    builder
-        .body(Full::new(Bytes::from(reply.body)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
-}
 
 /// The wall-clock time of a tokio instant (for the JSON bodies).
 fn wall(at: Instant) -> SystemTime {
@@ -264,11 +158,11 @@ impl ProxyHealth {
     }
 
     /// Serve `/healthz` and `/livez` on `addr`.
-    pub async fn serve(self, addr: SocketAddr) -> Result<(SocketAddr, JoinHandle<()>), HealthError> {
+    pub async fn serve(self, addr: SocketAddr) -> Result<(SocketAddr, JoinHandle<()>), ListenError> {
         let listener = bind(addr).await?;
         let local = listener
             .local_addr()
-            .map_err(|source| HealthError::Bind { addr, source })?;
+            .map_err(|source| ListenError::Bind { addr, source })?;
         Ok((local, serve(listener, move |path| self.handle(path))))
     }
 }
