@@ -5,6 +5,11 @@
 //! ports that changed, [`policy`] decides which endpoints serve whom, and a
 //! [`dataplane`] programs the difference. [`sync`] is the one task that owns
 //! all of it.
+//!
+//! The `testing` feature adds the test fakes (`dataplane::memory`,
+//! `dataplane::iptables::fake`, `dataplane::ipvs::fake`) and the object
+//! builders ([`testing`]); unit tests, integration tests and benches use
+//! them, a release build contains none of them.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -22,5 +27,5 @@ pub mod sync;
 pub mod track;
 pub mod watch;
 
-#[cfg(test)]
-mod testutil;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

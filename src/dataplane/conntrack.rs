@@ -450,7 +450,7 @@ impl FlowCleaner for NetlinkConntrack {
 mod tests {
     use super::*;
     use crate::policy::NodeContext;
-    use crate::testutil::*;
+    use crate::testing::*;
     use crate::track::Tracker;
     use serde_json::json;
 

@@ -1,8 +1,9 @@
 //! The dataplane seam: one trait every mode implements. A backend remembers
 //! what it applied and turns a [`SyncScope`] into the smallest edit it can;
 //! a periodic full sync repairs drift. The real backends (iptables,
-//! nftables, ipvs) live in their own modules; [`memory::MemoryDataplane`]
-//! records what it was asked to program, for tests and dry runs.
+//! nftables, ipvs) live in their own modules, built by [`build`]; with the
+//! `testing` feature, `memory::MemoryDataplane` records what it was asked
+//! to program, for tests.
 
 pub mod build;
 pub mod conntrack;
@@ -10,6 +11,7 @@ pub mod exec;
 pub mod frontends;
 pub mod iptables;
 pub mod ipvs;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod xtables;
 

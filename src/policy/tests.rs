@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use serde_json::json;
 
 use super::*;
-use crate::testutil::*;
+use crate::testing::*;
 use crate::track::Tracker;
 
 const NODE: &str = "node-a";

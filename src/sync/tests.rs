@@ -11,7 +11,7 @@ use crate::dataplane::conntrack::{FlowCleaner, StaleFlow};
 use crate::dataplane::memory::{MemoryDataplane, MemoryHandle, SyncRecord};
 use crate::model::{NodeInfo, ServicePortKey};
 use crate::policy::NodeContext;
-use crate::testutil::*;
+use crate::testing::*;
 
 fn svc(name: &str, ip: &str) -> crate::model::Service {
     service(

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::model::NodeInfo;
-use crate::testutil::*;
+use crate::testing::*;
 
 const SERVICES: [&str; 3] = ["s0", "s1", "s2"];
 const SLICES: [&str; 4] = ["x0", "x1", "x2", "x3"];

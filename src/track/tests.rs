@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::model::{IpFamily, ServicePortKey};
-use crate::testutil::*;
+use crate::testing::*;
 use crate::watch::convert;
 
 fn key(name: &str, port: &str, proto: Protocol) -> ServicePortKey {

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::*;
 use crate::model::{IpFamily, Protocol, ServiceType};
-use crate::testutil::*;
+use crate::testing::*;
 
 #[test]
 fn services_that_program_nothing_convert_to_no_ports() {

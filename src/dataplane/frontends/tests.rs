@@ -12,7 +12,7 @@ use serde_json::json;
 use super::*;
 use crate::model::{Endpoint, FamilyFrontends, Name, NodeInfo, ServicePortInfo};
 use crate::policy::{self, FamilyPlan, NodeContext};
-use crate::testutil::*;
+use crate::testing::*;
 use crate::track::Tracker;
 
 // === The oracle: `policy::route` as it was before the frontend plan ===

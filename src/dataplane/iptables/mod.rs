@@ -4,6 +4,7 @@
 //! writes only the difference: the changed service's own chains, and the
 //! dispatch rules it adds or deletes one by one.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod programmed;
 pub mod rules;

@@ -9,7 +9,7 @@ use super::fake::FakeIptables;
 use super::*;
 use crate::dataplane::SyncScope;
 use crate::policy::NodeContext;
-use crate::testutil::*;
+use crate::testing::*;
 use crate::track::{ChangeSet, Tracker};
 
 fn cfg() -> IptablesConfig {

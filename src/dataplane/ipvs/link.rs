@@ -5,9 +5,8 @@
 //! are read with [`crate::netaddr::AddressReader`], like every other reader
 //! of the node's addresses.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
 
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_ROUTE};
 
@@ -277,86 +276,5 @@ impl Links for RtLinks {
             Ok(_) | Err(ENODEV) => Ok(true),
             Err(e) => Err(format!("delete {name}: {}", std::io::Error::from_raw_os_error(e))),
         }
-    }
-}
-
-#[derive(Debug, Default)]
-struct FakeLinkState {
-    links: BTreeMap<String, (bool, BTreeSet<IpAddr>)>,
-    calls: usize,
-}
-
-/// Interfaces in memory, for unit tests. Clones share state.
-#[derive(Debug, Clone, Default)]
-pub struct FakeLinks {
-    state: Arc<Mutex<FakeLinkState>>,
-}
-
-impl FakeLinks {
-    /// No interfaces.
-    pub fn new() -> FakeLinks {
-        FakeLinks::default()
-    }
-
-    fn st(&self) -> std::sync::MutexGuard<'_, FakeLinkState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The addresses of an interface, `None` if absent.
-    pub fn addresses_of(&self, name: &str) -> Option<Vec<IpAddr>> {
-        self.st().links.get(name).map(|(_, a)| a.iter().copied().collect())
-    }
-
-    /// Whether the interface exists and is up.
-    pub fn is_up(&self, name: &str) -> bool {
-        self.st().links.get(name).is_some_and(|(up, _)| *up)
-    }
-
-    /// Calls that changed something or read state.
-    pub fn calls(&self) -> usize {
-        self.st().calls
-    }
-
-    /// Tamper: add an address without the backend knowing.
-    pub fn insert_raw(&self, name: &str, ip: IpAddr) {
-        self.st().links.entry(name.to_string()).or_default().1.insert(ip);
-    }
-}
-
-impl Links for FakeLinks {
-    fn ensure_dummy(&mut self, name: &str) -> Result<(), String> {
-        let mut s = self.st();
-        s.calls += 1;
-        s.links.entry(name.to_string()).or_default().0 = true;
-        Ok(())
-    }
-    fn addresses(&mut self, name: &str) -> Result<Option<Vec<IpAddr>>, String> {
-        let mut s = self.st();
-        s.calls += 1;
-        Ok(s.links.get(name).map(|(_, a)| a.iter().copied().collect()))
-    }
-    fn add_address(&mut self, name: &str, ip: IpAddr) -> Result<(), String> {
-        let mut s = self.st();
-        s.calls += 1;
-        match s.links.get_mut(name) {
-            Some((_, a)) => {
-                a.insert(ip);
-                Ok(())
-            }
-            None => Err(format!("interface {name} does not exist")),
-        }
-    }
-    fn delete_address(&mut self, name: &str, ip: IpAddr) -> Result<(), String> {
-        let mut s = self.st();
-        s.calls += 1;
-        if let Some((_, a)) = s.links.get_mut(name) {
-            a.remove(&ip);
-        }
-        Ok(())
-    }
-    fn delete_link(&mut self, name: &str) -> Result<bool, String> {
-        let mut s = self.st();
-        s.calls += 1;
-        Ok(s.links.remove(name).is_some())
     }
 }

@@ -18,6 +18,8 @@
 //! `arp_ignore`/`arp_announce` sysctls, and the non-zero TCP, TCP-FIN and
 //! UDP connection timeouts (`ipvsadm --set`).
 
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 pub mod kernel;
 pub mod layout;
 pub mod link;

@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
-use super::kernel::{FakeIpvs, ServiceId};
-use super::link::FakeLinks;
+use super::fake::{self, FakeIpvs, FakeLinks};
+use super::kernel::ServiceId;
 use super::*;
 use crate::dataplane::exec::ExecOutput;
 use crate::policy::NodeContext;
-use crate::testutil::*;
+use crate::testing::*;
 use crate::track::{ChangeSet, Tracker};
 
 /// Records commands; answers `ipset save` with what was restored (members
@@ -579,12 +579,12 @@ fn zero_timeouts_send_nothing_and_a_refusal_does_not_fail_the_sync() {
     let t = tracker();
     r.dp.sync(t.table(), &SyncScope::Full).unwrap();
     assert!(!r.kernel.log().iter().any(|l| l.contains("timeouts")));
-    assert_eq!(r.kernel.timeouts(), kernel::DEFAULT_TIMEOUTS);
+    assert_eq!(r.kernel.timeouts(), fake::DEFAULT_TIMEOUTS);
 
     // Above INT_MAX/HZ: the kernel says EINVAL; logged, the sync goes on.
     let mut r = rig_with(|c| c.tcp_fin_timeout = Duration::from_secs(100 * 24 * 3600));
     r.dp.sync(t.table(), &SyncScope::Full).unwrap();
-    assert_eq!(r.kernel.timeouts(), kernel::DEFAULT_TIMEOUTS);
+    assert_eq!(r.kernel.timeouts(), fake::DEFAULT_TIMEOUTS);
     assert_eq!(dests_of(&r.kernel, "10.96.0.10:80").len(), 2);
 }
 
