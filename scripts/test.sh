@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: every tier of sliceproxy's tests.
+# The one test command: every tier of sliceproxy's tests, after rustfmt and
+# clippy (-D warnings).
 #   1. pure tests (conversion, tracker, policy, rule rendering, strict fakes,
 #      property tests, golden renders),
 #   2. control-plane tests against a real etcd + kube-apiserver built from the
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in cargo go ip iptables-nft-restore iptables-legacy-restore ip6tables-nft-restore ipset qemu-system-x86_64 depmod; do
+for tool in cargo cargo-clippy rustfmt go ip iptables-nft-restore iptables-legacy-restore ip6tables-nft-restore ipset qemu-system-x86_64 depmod; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -30,6 +31,13 @@ fi
 if [[ -z "${SLICEPROXY_KUBE_APISERVER:-}" || -z "${SLICEPROXY_ETCD:-}" || -z "${SLICEPROXY_KUBECTL:-}" ]]; then
     tests/controlplane/build.sh
 fi
+
+# Style and lints first (cheap, and the project's CI checks): rustfmt, and
+# clippy over every target (the test fakes included, through the `testing`
+# feature) and over the shipped library and binary alone (without them).
+cargo fmt --all --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --lib --bins --locked -- -D warnings
 
 # --all-targets also builds the benchmarks and runs each once in test mode.
 cargo test --all-targets --locked

@@ -5,6 +5,7 @@
 //!   namespace this test creates and deletes (`input-<pid>-<n>`), and
 //! - holds no rule outside our own `SP-` chains except jumps from the
 //!   built-in chains into them;
+//!
 //! and an object whose name carries a newline is refused at conversion,
 //! so its text never reaches a rule.
 //!
