@@ -10,6 +10,7 @@ pub mod exec;
 pub mod iptables;
 pub mod ipvs;
 pub mod memory;
+pub mod nftables;
 
 use std::time::Duration;
 
