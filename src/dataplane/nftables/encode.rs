@@ -66,6 +66,11 @@ fn comment_udata(c: &Comment) -> Vec<u8> {
     u
 }
 
+/// A table's comment from its user data.
+pub fn comment_from_udata_pub(b: &[u8]) -> Option<Comment> {
+    comment_from_udata(b, UDATA_COMMENT)
+}
+
 fn comment_from_udata(b: &[u8], kind: u8) -> Option<Comment> {
     udata_iter(b)
         .find(|(k, _)| *k == kind)
@@ -744,12 +749,15 @@ pub fn set_attrs(table: &Name, s: &Set, id: u32) -> Result<Vec<u8>, NftError> {
     if let Some(t) = s.timeout {
         w.u64(NFTA_SET_TIMEOUT, t.as_millis() as u64);
     }
-    if s.size.is_some() || key.len() > 1 {
+    let concat_desc = s.flags.interval && key.len() > 1;
+    if s.size.is_some() || concat_desc {
         w.nest(NFTA_SET_DESC, |d| {
             if let Some(n) = s.size {
                 d.u32(NFTA_SET_DESC_SIZE, n);
             }
-            if key.len() > 1 {
+            // Field lengths only for interval (pipapo) sets: the kernel
+            // refuses them without NFT_SET_CONCAT.
+            if concat_desc {
                 d.nest(NFTA_SET_DESC_CONCAT, |c| {
                     for t in &key {
                         c.nest(NFTA_LIST_ELEM, |f| {
@@ -883,7 +891,8 @@ fn typeof_from_udata(b: &[u8]) -> Option<Vec<Expr>> {
 pub fn set_from_attrs(b: &[u8]) -> Result<(Set, u64), NftError> {
     let t = AttrTable::parse(b, "set")?;
     let name = Name::new(&t.req_str(NFTA_SET_NAME)?)?;
-    let flags = t.req_u32(NFTA_SET_FLAGS)?;
+    // The kernel omits flags that are 0.
+    let flags = t.u32(NFTA_SET_FLAGS)?.unwrap_or(0);
     let key_id = t.req_u32(NFTA_SET_KEY_TYPE)?;
     let undecodable = || NftError::Decode(format!("set {name}: key type {key_id:#x} is not one of ours"));
     let key = types_from_id(key_id, field_count(key_id)).ok_or_else(undecodable)?;
@@ -899,6 +908,11 @@ pub fn set_from_attrs(b: &[u8]) -> Result<(Set, u64), NftError> {
     let mut size = None;
     if let Some(d) = t.get(NFTA_SET_DESC) {
         size = AttrTable::parse(d, "set desc")?.u32(NFTA_SET_DESC_SIZE)?;
+    }
+    if flags & NFT_SET_CONSTANT != 0 {
+        // nft declares a constant set's size as its element count; the
+        // model leaves it out (nothing can be added anyway).
+        size = None;
     }
     let udata = t.get(NFTA_SET_USERDATA).unwrap_or(&[]);
     let mut key_typeof = None;

@@ -686,7 +686,7 @@ impl Lowerer<'_> {
                     ),
                 });
             }
-            NatTo::Map { key, map } => {
+            NatTo::Map { key, map, port } => {
                 let shape = self.shape(map)?.clone();
                 self.check_key(key, &shape.key, map)?;
                 let addr_len = match shape.data.as_slice() {
@@ -698,7 +698,11 @@ impl Lowerer<'_> {
                         )));
                     }
                 };
-                let with_port = shape.data.len() == 2;
+                let port_in_map = shape.data.len() == 2;
+                if port_in_map && port.is_some() {
+                    return Err(NftError::Invalid(format!("map @{map} already gives the port")));
+                }
+                let with_port = port_in_map || port.is_some();
                 self.concat(key, 0, shape.interval)?;
                 self.out.push(KExpr::Lookup {
                     set: map.to_string(),
@@ -706,11 +710,20 @@ impl Lowerer<'_> {
                     dreg: Some(NFT_REG_1),
                     flags: 0,
                 });
+                // A fixed port goes in the next 16-byte register, as nft puts it.
+                let port_unit = if port_in_map {
+                    units(addr_len)
+                } else {
+                    units(addr_len).next_multiple_of(4)
+                };
+                if let Some(p) = port {
+                    self.load(&Expr::Const(Value::Port(*p)), port_unit)?;
+                }
                 self.out.push(KExpr::Nat {
                     kind,
                     family,
                     addr: Some(NFT_REG_1),
-                    proto: with_port.then(|| reg(units(addr_len))),
+                    proto: with_port.then(|| reg(port_unit)),
                     flags: Some(NF_NAT_RANGE_MAP_IPS | if with_port { NF_NAT_RANGE_PROTO_SPECIFIED } else { 0 }),
                 });
             }
@@ -1145,7 +1158,15 @@ impl Raiser<'_> {
                         };
                         NatTo::Addr { addr: ip, port }
                     }
-                    Held::MapResult(key, map) => NatTo::Map { key, map },
+                    Held::MapResult(key, map) => {
+                        // The port register is either part of the lookup's
+                        // result (never written on its own) or a constant.
+                        let port = proto.and_then(unit).and_then(|u| match self.units.get(&u) {
+                            Some(Held::Bytes(pb)) if pb.len() >= 2 => Some(u16::from_be_bytes([pb[0], pb[1]])),
+                            _ => None,
+                        });
+                        NatTo::Map { key, map, port }
+                    }
                     other => return Err(bad(format!("nat from {other:?}"))),
                 };
                 self.stmts.push(if *kind == NFT_NAT_DNAT {

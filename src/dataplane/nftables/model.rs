@@ -108,7 +108,9 @@ impl Name {
                 && (i > 0 || w.as_bytes()[0].is_ascii_lowercase())
         });
         if !words_ok {
-            return bad("must be lowercase words ([a-z0-9]+, the first starting with a letter) joined by single dashes");
+            return bad(
+                "must be lowercase words ([a-z0-9]+, the first starting with a letter) joined by single dashes",
+            );
         }
         if !s.contains('-') {
             return bad("must have at least two dash-joined words (single words may be nft keywords)");
@@ -657,13 +659,15 @@ pub enum NatTo {
         /// Port, if rewritten.
         port: Option<u16>,
     },
-    /// A map lookup: `dnat to KEY map @MAP`, whose values are
-    /// `addr . port` (with `port`) or `addr`.
+    /// A map lookup: `dnat to KEY map @MAP [: PORT]`, whose values are
+    /// `addr . port` or `addr` (then `port` may give a fixed port).
     Map {
         /// The lookup key (a concatenation).
         key: Vec<Expr>,
         /// The map.
         map: Name,
+        /// A fixed port, for maps whose values are addresses only.
+        port: Option<u16>,
     },
 }
 

@@ -26,6 +26,8 @@ use netlink_packet_core::{NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_REQUES
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::NftError;
+use super::encode;
+use super::model::{Family, Name, Table};
 use super::tx::Batch;
 use super::wire::{self, AttrTable, AttrWriter};
 
@@ -94,7 +96,7 @@ impl Nft {
             let (buf, _) = self.socket.recv_from_full()?;
             for m in wire::split(&buf)? {
                 if m.msg_type == wire::NLMSG_ERROR {
-                    let (errno, text, _) = parse_error(&m)?;
+                    let (errno, text, offset) = parse_error(&m)?;
                     if m.seq == barrier {
                         return Err(NftError::Refused {
                             object: "the generation request".into(),
@@ -105,7 +107,7 @@ impl Nft {
                     acked += 1;
                     if errno != 0 && refused.is_none() {
                         refused = Some(NftError::Refused {
-                            object: encoded.describe(m.seq),
+                            object: encoded.describe_at(m.seq, offset),
                             message: text.unwrap_or_else(|| errno_text(-errno)),
                             errno: -errno,
                         });
@@ -194,6 +196,79 @@ impl Nft {
                 }
             }
         }
+    }
+}
+
+impl Nft {
+    /// Read our table back from the kernel: chains, rules (with handles),
+    /// sets and elements, decoded into the model (`None` if the table does
+    /// not exist). Anything in it that we would not have written is an
+    /// error naming it: the table is ours alone.
+    pub fn dump_table(&mut self, family: Family, name: &Name) -> Result<Option<Table>, NftError> {
+        let fam = family.nfproto();
+        let tables = self.dump(wire::NFT_MSG_GETTABLE, fam, &[])?;
+        let mut found = None;
+        for b in &tables {
+            let t = AttrTable::parse(b, "table")?;
+            if t.req_str(wire::NFTA_TABLE_NAME)? == name.as_str() {
+                found = Some(
+                    t.get(wire::NFTA_TABLE_USERDATA)
+                        .and_then(|u| encode::comment_from_udata_pub(u)),
+                );
+            }
+        }
+        let Some(comment) = found else { return Ok(None) };
+        let mut table = Table::new(family, name.clone());
+        table.comment = comment;
+        for b in self.dump(
+            wire::NFT_MSG_GETSET,
+            fam,
+            &table_filter(wire::NFTA_SET_TABLE, name.as_str()),
+        )? {
+            let (set, _) = encode::set_from_attrs(&b)?;
+            table.sets.push(set);
+        }
+        for i in 0..table.sets.len() {
+            let mut w = AttrWriter::new();
+            w.str(wire::NFTA_SET_ELEM_LIST_TABLE, name.as_str())
+                .str(wire::NFTA_SET_ELEM_LIST_SET, table.sets[i].name.as_str());
+            let bodies = self.dump(wire::NFT_MSG_GETSETELEM, fam, w.as_bytes())?;
+            let set = &table.sets[i];
+            let mut elements = Vec::new();
+            for b in bodies {
+                let t = AttrTable::parse(&b, "elements")?;
+                if let Some(list) = t.get(wire::NFTA_SET_ELEM_LIST_ELEMENTS) {
+                    for el in wire::attrs(list) {
+                        let (_, el) = el?;
+                        elements.push(encode::element_from_attrs(set, el)?);
+                    }
+                }
+            }
+            elements.sort();
+            table.sets[i].elements = elements;
+        }
+        for b in self.dump(
+            wire::NFT_MSG_GETCHAIN,
+            fam,
+            &table_filter(wire::NFTA_CHAIN_TABLE, name.as_str()),
+        )? {
+            let (chain, _) = encode::chain_from_attrs(&b)?;
+            table.chains.push(chain);
+        }
+        let shapes = encode::shapes_of(table.sets.iter());
+        for b in self.dump(
+            wire::NFT_MSG_GETRULE,
+            fam,
+            &table_filter(wire::NFTA_RULE_TABLE, name.as_str()),
+        )? {
+            let (chain, rule) = encode::rule_from_attrs(family, &b, &shapes)?;
+            table
+                .chain_mut(&chain)
+                .ok_or_else(|| NftError::Decode(format!("rule in unknown chain {chain}")))?
+                .rules
+                .push(rule);
+        }
+        Ok(Some(table))
     }
 }
 

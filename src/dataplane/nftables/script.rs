@@ -127,7 +127,8 @@ fn nat(kind: &str, to: &NatTo) -> String {
             Some(p) => format!("{kind} ip6 to [{a}]:{p}"),
             None => format!("{kind} ip6 to {a}"),
         },
-        NatTo::Map { key, map } => {
+        NatTo::Map { key, map, port } => {
+            let port = port.map(|p| format!(" : {p}")).unwrap_or_default();
             // The family keyword follows the map's address type; the
             // renderer does not see the map, so it is inferred from the
             // key's address family, and defaults to ip.
@@ -139,9 +140,9 @@ fn nat(kind: &str, to: &NatTo) -> String {
                 ""
             };
             if fam.is_empty() {
-                format!("{kind} to {} map @{map}", concat(key))
+                format!("{kind} to {} map @{map}{port}", concat(key))
             } else {
-                format!("{kind} {fam} to {} map @{map}", concat(key))
+                format!("{kind} {fam} to {} map @{map}{port}", concat(key))
             }
         }
     }
@@ -150,7 +151,13 @@ fn nat(kind: &str, to: &NatTo) -> String {
 /// A statement as nft reads it.
 pub fn stmt(s: &Stmt) -> String {
     match s {
-        Stmt::Cmp { left, op: o, right } => format!("{} {}{}", expr(left), op(*o), value(right)),
+        Stmt::Cmp { left, op: o, right } => {
+            // A generated value followed by a bare number would read as
+            // more of the generator's arguments: spell out `==`.
+            let generated = matches!(left, Expr::Numgen { .. } | Expr::Jhash { .. } | Expr::Symhash { .. });
+            let o = if generated && *o == CmpOp::Eq { "== " } else { op(*o) };
+            format!("{} {}{}", expr(left), o, value(right))
+        }
         Stmt::Prefix { left, negate, net } => {
             format!("{} {}{}", expr(left), if *negate { "!= " } else { "" }, net.trunc())
         }
