@@ -1,1 +1,378 @@
-//! TODO
+//! The table layout (see `LAYOUT.md` beside this file for the picture, the
+//! measurements and the reasons), built here from a small, mode-local
+//! description of services so that it can be measured and tested before
+//! the shared frontend plan exists. Phase 2 builds the same objects from
+//! that plan.
+//!
+//! What a routine change touches:
+//! - an endpoint replaced (same count): two elements of one data map;
+//! - the endpoint count changes: those elements plus one rule replaced in
+//!   place (its `numgen random mod N`), because only a modulus equal to the
+//!   endpoint count keeps selection exactly even;
+//! - a service added or removed: its chain, its map, its rules, and one
+//!   verdict-map element (the only jump-graph change).
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::model::*;
+use super::tx::{Op, Transaction};
+
+/// Name of our table.
+pub const TABLE: &str = "sliceproxy";
+/// The packet mark bit that asks for masquerading (kube-proxy's 0x4000).
+pub const MASQ_MARK: u32 = 0x4000;
+
+/// A service port, as much as the layout needs to know of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SvcSpec {
+    /// Stable id (phase 2: a hash of the service port key).
+    pub id: u32,
+    /// ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// Protocol number.
+    pub proto: u8,
+    /// Service port.
+    pub port: u16,
+    /// NodePort, if any.
+    pub node_port: Option<u16>,
+    /// Endpoints (address, target port).
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+impl SvcSpec {
+    /// The service's chain.
+    pub fn chain(&self) -> Name {
+        name(&format!("svc-{:08x}", self.id))
+    }
+
+    /// Its endpoint slot map.
+    pub fn map(&self) -> Name {
+        name(&format!("eps-{:08x}", self.id))
+    }
+
+    /// Its NodePort chain.
+    pub fn external_chain(&self) -> Name {
+        name(&format!("ext-{:08x}", self.id))
+    }
+
+    fn comment(&self) -> String {
+        format!("service {} {}:{}", self.id, self.cluster_ip, self.port)
+    }
+}
+
+/// Node-wide settings of the layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Pod network: traffic from elsewhere to a service is masqueraded.
+    pub cluster_cidr: Ipv4Net,
+}
+
+fn l4(p: u8) -> Stmt {
+    Stmt::Cmp {
+        left: Expr::MetaL4proto,
+        op: CmpOp::Eq,
+        right: Value::Proto(p),
+    }
+}
+
+/// The endpoint-selection rule: `meta l4proto P dnat to numgen random mod
+/// N map @eps-ID`. With no endpoint it rejects instead.
+pub fn select_rule(s: &SvcSpec) -> Rule {
+    if s.endpoints.is_empty() {
+        return Rule::new(vec![Stmt::Verdict(Verdict::Jump(name("reject-chain")))]);
+    }
+    Rule::new(vec![
+        l4(s.proto),
+        Stmt::Dnat(NatTo::Map {
+            key: vec![Expr::Numgen {
+                modulus: s.endpoints.len() as u32,
+            }],
+            map: s.map(),
+            port: None,
+        }),
+    ])
+}
+
+/// The slot elements of a service: slot i -> endpoint i.
+pub fn slot_elements(s: &SvcSpec) -> Vec<Element> {
+    s.endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, (ip, port))| Element::map(&[Value::Int(i as u32)], &[Value::Ipv4(*ip), Value::Port(*port)]))
+        .collect()
+}
+
+/// A service's own objects: map (with elements), chains (with rules).
+pub fn service_objects(s: &SvcSpec, settings: &Settings) -> (Set, Vec<Chain>) {
+    let mut map = Set::new(
+        s.map(),
+        SetType::Typeof {
+            key: vec![Expr::Numgen { modulus: 1 }],
+            data: Some(vec![Expr::IpDaddr, Expr::ThDport]),
+        },
+    );
+    map.elements = slot_elements(s);
+    let mut chain = Chain::regular(s.chain());
+    chain.comment = Some(Comment::new(&s.comment()));
+    chain.rules = vec![
+        Rule::new(vec![
+            Stmt::Prefix {
+                left: Expr::IpSaddr,
+                negate: true,
+                net: settings.cluster_cidr.into(),
+            },
+            Stmt::Verdict(Verdict::Jump(name("mark-for-masquerade"))),
+        ]),
+        select_rule(s),
+    ];
+    let mut chains = vec![chain];
+    if s.node_port.is_some() {
+        let mut ext = Chain::regular(s.external_chain());
+        ext.rules = vec![
+            Rule::new(vec![Stmt::Verdict(Verdict::Jump(name("mark-for-masquerade")))]),
+            Rule::new(vec![Stmt::Verdict(Verdict::Goto(s.chain()))]),
+        ];
+        chains.push(ext);
+    }
+    (map, chains)
+}
+
+/// The dispatch elements of a service.
+pub fn dispatch_elements(s: &SvcSpec) -> (Element, Option<Element>) {
+    (
+        Element::vmap(
+            &[Value::Ipv4(s.cluster_ip), Value::Proto(s.proto), Value::Port(s.port)],
+            VerdictData::Goto(s.chain()),
+        ),
+        s.node_port.map(|np| {
+            Element::vmap(
+                &[Value::Proto(s.proto), Value::Port(np)],
+                VerdictData::Goto(s.external_chain()),
+            )
+        }),
+    )
+}
+
+/// The fixed part: base chains, dispatch maps, masquerading, rejects.
+pub fn skeleton() -> Table {
+    let mut t = Table::new(Family::Ip, name(TABLE));
+    t.comment = Some(Comment::new("rules of sliceproxy, the node proxy; do not edit"));
+    t.sets = vec![
+        Set::new(
+            name("service-ips"),
+            SetType::Types {
+                key: vec![DataType::Ipv4Addr, DataType::InetProto, DataType::InetService],
+                data: Some(SetData::Verdict),
+            },
+        ),
+        Set::new(
+            name("service-nodeports"),
+            SetType::Types {
+                key: vec![DataType::InetProto, DataType::InetService],
+                data: Some(SetData::Verdict),
+            },
+        ),
+    ];
+    let services = Rule::new(vec![Stmt::Verdict(Verdict::Jump(name("services-dispatch")))]);
+    let mut pre = Chain::base(name("nat-prerouting"), ChainType::Nat, Hook::Prerouting, -100);
+    pre.rules = vec![services.clone()];
+    let mut out = Chain::base(name("nat-output"), ChainType::Nat, Hook::Output, -100);
+    out.rules = vec![services];
+    let mut post = Chain::base(name("nat-postrouting"), ChainType::Nat, Hook::Postrouting, 100);
+    post.rules = vec![
+        Rule::new(vec![
+            Stmt::Mask {
+                left: Expr::MetaMark,
+                mask: MASQ_MARK,
+                negate: false,
+                value: 0,
+            },
+            Stmt::Verdict(Verdict::Return),
+        ]),
+        Rule::new(vec![Stmt::Masquerade { fully_random: true }]),
+    ];
+    let mut dispatch = Chain::regular(name("services-dispatch"));
+    dispatch.rules = vec![
+        Rule::new(vec![Stmt::Vmap {
+            key: vec![Expr::IpDaddr, Expr::MetaL4proto, Expr::ThDport],
+            map: name("service-ips"),
+        }]),
+        Rule::new(vec![
+            Stmt::Cmp {
+                left: Expr::FibDaddrType,
+                op: CmpOp::Eq,
+                right: Value::AddrType(RTN_LOCAL),
+            },
+            Stmt::Vmap {
+                key: vec![Expr::MetaL4proto, Expr::ThDport],
+                map: name("service-nodeports"),
+            },
+        ]),
+    ];
+    let mut mark = Chain::regular(name("mark-for-masquerade"));
+    mark.rules = vec![Rule::new(vec![Stmt::MarkOr(MASQ_MARK)])];
+    let mut reject = Chain::regular(name("reject-chain"));
+    reject.rules = vec![
+        Rule::new(vec![l4(TCP), Stmt::Reject(Reject::TcpReset)]),
+        Rule::new(vec![Stmt::Reject(Reject::IcmpPortUnreachable)]),
+    ];
+    t.chains = vec![pre, out, post, dispatch, mark, reject];
+    t
+}
+
+/// The whole table for these services.
+pub fn build(services: &[SvcSpec], settings: &Settings) -> Table {
+    let mut t = skeleton();
+    let mut ips = Vec::new();
+    let mut nps = Vec::new();
+    for s in services {
+        let (map, chains) = service_objects(s, settings);
+        t.sets.push(map);
+        t.chains.extend(chains);
+        let (ip, np) = dispatch_elements(s);
+        ips.push(ip);
+        nps.extend(np);
+    }
+    t.sets[0].elements = ips;
+    t.sets[1].elements = nps;
+    t
+}
+
+/// A cold load in dependency order, dispatch elements last (no packet
+/// reaches a service before its chain and map are complete), split into
+/// transactions of at most `chunk` objects.
+pub fn cold_load(table: &Table, chunk: usize) -> Vec<Transaction> {
+    let mut tx = Transaction::create(table);
+    // Move the dispatch elements to the end.
+    let (dispatch, mut rest): (Vec<Op>, Vec<Op>) = tx.ops.drain(..).partition(|op| {
+        matches!(op, Op::AddElements { set, .. } if set.as_str() == "service-ips" || set.as_str() == "service-nodeports")
+    });
+    rest.extend(dispatch);
+    tx.ops = rest;
+    tx.chunks(chunk)
+}
+
+/// Add a service: its map, chains, rules, then its dispatch elements.
+pub fn add_service(s: &SvcSpec, settings: &Settings) -> Transaction {
+    let mut tx = Transaction::new(Family::Ip, name(TABLE));
+    let (map, chains) = service_objects(s, settings);
+    tx.push(Op::AddSet(Set {
+        elements: Vec::new(),
+        ..map.clone()
+    }));
+    if !map.elements.is_empty() {
+        tx.push(Op::AddElements {
+            set: map.name.clone(),
+            elements: map.elements,
+        });
+    }
+    for c in &chains {
+        tx.push(Op::AddChain(Chain {
+            rules: Vec::new(),
+            ..c.clone()
+        }));
+    }
+    // The NodePort chain jumps into the service chain: rules of the
+    // service chain first.
+    for c in &chains {
+        for r in &c.rules {
+            tx.push(Op::AddRule {
+                chain: c.name.clone(),
+                rule: r.clone(),
+                echo: false,
+            });
+        }
+    }
+    let (ip, np) = dispatch_elements(s);
+    tx.push(Op::AddElements {
+        set: name("service-ips"),
+        elements: vec![ip],
+    });
+    if let Some(np) = np {
+        tx.push(Op::AddElements {
+            set: name("service-nodeports"),
+            elements: vec![np],
+        });
+    }
+    tx
+}
+
+/// Remove a service: dispatch elements first (nothing references its
+/// chains any more), then chains and map.
+pub fn remove_service(s: &SvcSpec) -> Transaction {
+    let mut tx = Transaction::new(Family::Ip, name(TABLE));
+    let (ip, np) = dispatch_elements(s);
+    tx.push(Op::DeleteElements {
+        set: name("service-ips"),
+        elements: vec![ip],
+    });
+    if let Some(np) = np {
+        tx.push(Op::DeleteElements {
+            set: name("service-nodeports"),
+            elements: vec![np],
+        });
+        tx.push(Op::DeleteChain(s.external_chain()));
+    }
+    tx.push(Op::DeleteChain(s.chain()));
+    tx.push(Op::DeleteSet(s.map()));
+    tx
+}
+
+/// Move a service from `old` to `new` endpoints: slot elements that
+/// changed are deleted and added; if the count changed, the selection rule
+/// (whose handle the caller knows) is replaced in place.
+pub fn change_endpoints(old: &SvcSpec, new: &SvcSpec, select_handle: u64) -> Transaction {
+    let mut tx = Transaction::new(Family::Ip, name(TABLE));
+    let (before, after) = (slot_elements(old), slot_elements(new));
+    let gone: Vec<Element> = before.iter().filter(|e| !after.contains(e)).cloned().collect();
+    let came: Vec<Element> = after.iter().filter(|e| !before.contains(e)).cloned().collect();
+    if old.endpoints.len() != new.endpoints.len() {
+        tx.push(Op::ReplaceRule {
+            chain: new.chain(),
+            handle: select_handle,
+            rule: select_rule(new),
+        });
+    }
+    if !gone.is_empty() {
+        tx.push(Op::DeleteElements {
+            set: new.map(),
+            elements: gone,
+        });
+    }
+    if !came.is_empty() {
+        tx.push(Op::AddElements {
+            set: new.map(),
+            elements: came,
+        });
+    }
+    tx
+}
+
+/// Synthetic services for measurements: ClusterIPs from 10.96.0.0/12 (and
+/// beyond for large counts), `endpoints` each from 10.244.0.0/16, every
+/// fifth with a NodePort.
+pub fn synthetic(count: usize, endpoints: usize) -> Vec<SvcSpec> {
+    (0..count)
+        .map(|i| {
+            let i32 = i as u32;
+            SvcSpec {
+                id: i32,
+                cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i32),
+                proto: if i % 7 == 3 { UDP } else { TCP },
+                port: 80 + (i % 3) as u16,
+                node_port: (i % 5 == 0).then(|| 30000 + ((i / 5) % 2768) as u16),
+                endpoints: (0..endpoints)
+                    .map(|e| {
+                        let n = i32 * endpoints as u32 + e as u32;
+                        (
+                            Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + n % 65_000 + 1),
+                            8080 + (n / 65_000) as u16,
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}

@@ -90,6 +90,9 @@ const DASHED_KEYWORDS: &[&str] = &[
     "tcp-reset",
 ];
 
+/// Single words checked not to be nft 1.0.6 keywords (our table's name).
+const SINGLE_WORDS: &[&str] = &["sliceproxy"];
+
 impl Name {
     /// Validate a name.
     pub fn new(s: &str) -> Result<Name, NftError> {
@@ -112,7 +115,7 @@ impl Name {
                 "must be lowercase words ([a-z0-9]+, the first starting with a letter) joined by single dashes",
             );
         }
-        if !s.contains('-') {
+        if !s.contains('-') && !SINGLE_WORDS.contains(&s) {
             return bad("must have at least two dash-joined words (single words may be nft keywords)");
         }
         if DASHED_KEYWORDS.contains(&s) {

@@ -1,0 +1,234 @@
+//! Layout measurements against the real kernel (not criterion: each number
+//! is one kernel-acknowledged operation on a large table, repeated a few
+//! times). Loads N services x 10 endpoints into a fresh network namespace
+//! through our netlink path, then measures single changes, GETGEN and a
+//! dump; then the same ruleset through `nft -f`.
+//!
+//! `cargo bench --bench nftables_layout` measures 1,000 and 10,000
+//! services (set NFT_LAYOUT_SIZES=1000,10000 to choose); under `cargo test`
+//! it runs once at 50 services as a smoke test. Needs root.
+
+#[path = "../tests/nft_support/mod.rs"]
+mod nft_support;
+
+use std::time::{Duration, Instant};
+
+use nft_support::Netns;
+use sliceproxy::dataplane::nftables::layout::{self, Settings, SvcSpec};
+use sliceproxy::dataplane::nftables::model::{Element, Family, Table, Value, VerdictData, name};
+use sliceproxy::dataplane::nftables::netlink::Nft;
+use sliceproxy::dataplane::nftables::script;
+use sliceproxy::dataplane::nftables::tx::{Batch, Op, Transaction};
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn commit(nft: &mut Nft, tx: &Transaction, known: &Table) -> Duration {
+    let batch = Batch::build(tx, known).expect("batch");
+    let t = Instant::now();
+    nft.commit(&batch).unwrap_or_else(|e| panic!("commit: {e}"));
+    t.elapsed()
+}
+
+/// Median and max of `reps` runs of `f`.
+fn repeat(reps: usize, mut f: impl FnMut(usize) -> Duration) -> (f64, f64) {
+    let mut v: Vec<f64> = (0..reps).map(|i| ms(f(i))).collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], *v.last().unwrap())
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn measure(n: usize, reps: usize) {
+    let settings = Settings {
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+    };
+    let services = layout::synthetic(n, 10);
+    let table = layout::build(&services, &settings);
+    let empty = Table::new(Family::Ip, table.name.clone());
+    let ns = Netns::new("layout");
+    let mut nft = ns.nft();
+    println!("\n## {n} services x 10 endpoints (load before: {})", load());
+
+    // Cold load, chunked.
+    let chunks = layout::cold_load(&table, 2_000);
+    let mut longest = Duration::ZERO;
+    let mut bytes = 0;
+    // Encode first: the numbers are the kernel's (and the socket's).
+    let batches: Vec<Batch> = chunks
+        .iter()
+        .map(|tx| Batch::build(tx, &table).expect("batch"))
+        .collect();
+    let t = Instant::now();
+    for batch in &batches {
+        let c0 = Instant::now();
+        let done = nft.commit(batch).unwrap_or_else(|e| panic!("cold load: {e}"));
+        longest = longest.max(c0.elapsed());
+        bytes += done.bytes;
+    }
+    let cold = t.elapsed();
+    println!(
+        "| cold load, netlink ({} transactions, {:.1} MB, longest {:.0} ms) | {:.0} ms |",
+        chunks.len(),
+        bytes as f64 / 1e6,
+        ms(longest),
+        ms(cold)
+    );
+
+    let (g, _) = repeat(reps * 5, |_| {
+        let t = Instant::now();
+        nft.generation().unwrap();
+        t.elapsed()
+    });
+    println!("| GETGEN | {g:.3} ms |");
+
+    let t = Instant::now();
+    let dumped = nft.dump_table(Family::Ip, &table.name).unwrap().unwrap();
+    let dump = t.elapsed();
+    assert_eq!(dumped.chains.len(), table.chains.len());
+    println!("| full dump + decode of the table | {:.0} ms |", ms(dump));
+
+    // One endpoint replaced (same count): delete + add one slot element.
+    let s = &services[n / 2];
+    let (med, max) = repeat(reps, |i| {
+        let mut a = s.clone();
+        let mut b = s.clone();
+        b.endpoints[3].0 = "10.245.0.1".parse().unwrap();
+        if i % 2 == 1 {
+            std::mem::swap(&mut a, &mut b);
+        }
+        commit(&mut nft, &layout::change_endpoints(&a, &b, 0), &table)
+    });
+    println!("| one endpoint replaced (2 data-map elements) | {med:.2} ms (max {max:.2}) |");
+
+    // The selection rule replaced in place (endpoint count 10 <-> 9).
+    let handle = dumped.chain(&s.chain()).unwrap().rules[1].handle.unwrap();
+    let (med, max) = repeat(reps, |i| {
+        let mut t = s.clone();
+        if i % 2 == 0 {
+            t.endpoints.pop();
+        }
+        let mut tx = Transaction::new(Family::Ip, table.name.clone());
+        tx.push(Op::ReplaceRule {
+            chain: s.chain(),
+            handle,
+            rule: layout::select_rule(&t),
+        });
+        commit(&mut nft, &tx, &table)
+    });
+    println!("| one rule replaced in a service chain (numgen mod N, dnat map) | {med:.2} ms (max {max:.2}) |");
+
+    // Endpoint removed: rule replace + element delete (the full count change).
+    let (med, max) = repeat(reps, |i| {
+        let mut a = s.clone();
+        let mut b = s.clone();
+        b.endpoints.pop();
+        if i % 2 == 1 {
+            std::mem::swap(&mut a, &mut b);
+        }
+        commit(&mut nft, &layout::change_endpoints(&a, &b, handle), &table)
+    });
+    println!("| endpoint added/removed (rule replace + 1 element) | {med:.2} ms (max {max:.2}) |");
+
+    // A verdict-map element with goto, added and deleted.
+    let (med, max) = repeat(reps, |i| {
+        let e = Element::vmap(
+            &[
+                Value::Ipv4("10.111.0.1".parse().unwrap()),
+                Value::Proto(6),
+                Value::Port(443),
+            ],
+            VerdictData::Goto(s.chain()),
+        );
+        let mut tx = Transaction::new(Family::Ip, table.name.clone());
+        tx.push(if i % 2 == 0 {
+            Op::AddElements {
+                set: name("service-ips"),
+                elements: vec![e],
+            }
+        } else {
+            Op::DeleteElements {
+                set: name("service-ips"),
+                elements: vec![e],
+            }
+        });
+        commit(&mut nft, &tx, &table)
+    });
+    println!("| one verdict-map goto element added/deleted | {med:.2} ms (max {max:.2}) |");
+
+    // A whole service added, then removed.
+    let extra = SvcSpec {
+        id: 0xfff0_0000,
+        cluster_ip: "10.111.0.2".parse().unwrap(),
+        node_port: Some(32700),
+        ..s.clone()
+    };
+    let (add_med, add_max) = repeat(reps / 2 + 1, |_| {
+        let d = commit(&mut nft, &layout::add_service(&extra, &settings), &table);
+        let mut known = table.clone();
+        let (map, _) = layout::service_objects(&extra, &settings);
+        known.sets.push(map);
+        commit(&mut nft, &layout::remove_service(&extra), &known);
+        d
+    });
+    let mut known = table.clone();
+    known.sets.push(layout::service_objects(&extra, &settings).0);
+    let (rm_med, rm_max) = repeat(reps / 2 + 1, |_| {
+        commit(&mut nft, &layout::add_service(&extra, &settings), &table);
+        commit(&mut nft, &layout::remove_service(&extra), &known)
+    });
+    println!(
+        "| one service added (chain x2, map, 10 elements, 4 rules, 2 vmap elements) | {add_med:.2} ms (max {add_max:.2}) |"
+    );
+    println!("| one service removed | {rm_med:.2} ms (max {rm_max:.2}) |");
+
+    // Comparison: the same ruleset through nft -f, and one element via nft.
+    let text = script::render(&table);
+    let file = std::env::temp_dir().join(format!("nft-layout-{}-{n}.nft", std::process::id()));
+    std::fs::write(&file, &text).unwrap();
+    let ns2 = Netns::new("layout");
+    let t = Instant::now();
+    ns2.must(&["nft", "-f", file.to_str().unwrap()]);
+    let nft_cold = t.elapsed();
+    println!(
+        "| cold load, `nft -f` (one transaction, {:.1} MB script) | {:.0} ms |",
+        text.len() as f64 / 1e6,
+        ms(nft_cold)
+    );
+    let (med, _) = repeat(3, |i| {
+        let verb = if i % 2 == 0 { "delete" } else { "add" };
+        let arg = format!(
+            "{verb} element ip {} {} {{ 3 : 10.244.{}.{} . 8080 }}",
+            layout::TABLE,
+            s.map(),
+            0,
+            0
+        );
+        let t = Instant::now();
+        let _ = ns2.exec(&["nft", &arg]);
+        t.elapsed()
+    });
+    println!("| one element through the `nft` command | {med:.0} ms |");
+    let _ = std::fs::remove_file(&file);
+    println!("(load after: {})", load());
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let sizes: Vec<usize> = match std::env::var("NFT_LAYOUT_SIZES") {
+        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Err(_) if bench => vec![1_000, 10_000],
+        Err(_) => vec![50],
+    };
+    for n in sizes {
+        measure(n, if bench { 11 } else { 3 });
+    }
+}
