@@ -222,6 +222,40 @@ fn kitchen_sink(f: Family) -> Table {
     );
     marks.flags.constant = true;
     marks.elements = vec![Element::key(&[Value::Mark(0x4000)])];
+    // Single-field interval sets (rbtree): adjacent slot ranges, and
+    // networks with a gap at 0.
+    let mut ranges = Set::new(
+        name("slot-ranges"),
+        SetType::Typeof {
+            key: vec![Expr::Numgen { modulus: 65536 }],
+            data: Some(daddr_port(&p)),
+        },
+    );
+    ranges.flags.interval = true;
+    let range = |lo, hi, ip: &str, port| Element {
+        key: vec![KeyPart::Range(Value::Int(lo), Value::Int(hi))],
+        ..Element::map(&[Value::Int(0)], &[a(ip), Value::Port(port)])
+    };
+    ranges.elements = vec![
+        range(0, 21844, p.ep1, 8080),
+        range(21845, 43689, p.ep2, 8080),
+        range(43690, 65535, p.ep1, 9090),
+    ];
+    let mut nets = Set::new(
+        name("service-nets"),
+        SetType::Types {
+            key: vec![p.addr_t],
+            data: None,
+        },
+    );
+    nets.flags.interval = true;
+    nets.elements = vec![
+        Element {
+            key: vec![KeyPart::Prefix(p.svc_net.parse().unwrap())],
+            ..Element::key(&[a(p.vip)])
+        },
+        Element::key(&[a(p.node)]),
+    ];
     t.sets = vec![
         service_ips,
         slots,
@@ -232,6 +266,8 @@ fn kitchen_sink(f: Family) -> Table {
         aff_svc,
         seen,
         marks,
+        ranges,
+        nets,
     ];
 
     let l4 = |v: u8| Stmt::Cmp {
@@ -368,6 +404,22 @@ fn kitchen_sink(f: Family) -> Table {
                 map: name("client-affinity"),
                 port: None,
             }),
+        ]),
+        Rule::new(vec![
+            l4(TCP),
+            Stmt::Dnat(NatTo::Map {
+                key: vec![Expr::Numgen { modulus: 65536 }],
+                map: name("slot-ranges"),
+                port: None,
+            }),
+        ]),
+        Rule::new(vec![
+            Stmt::Lookup {
+                key: vec![p.daddr.clone()],
+                set: name("service-nets"),
+                negate: true,
+            },
+            Stmt::Counter,
         ]),
         Rule::new(vec![
             Stmt::Cmp {

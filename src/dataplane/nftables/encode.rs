@@ -712,18 +712,17 @@ pub fn set_attrs(table: &Name, s: &Set, id: u32) -> Result<Vec<u8>, NftError> {
     if key.is_empty() {
         return Err(NftError::Invalid(format!("set {} has no key", s.name)));
     }
-    if s.flags.interval && key.len() < 2 {
-        return Err(NftError::Invalid(format!(
-            "set {}: single-field interval sets are not supported (use a prefix match or a concatenation)",
-            s.name
-        )));
-    }
     let mut flags = 0;
     if s.kind.is_map() {
         flags |= NFT_SET_MAP;
     }
     if s.flags.interval {
-        flags |= NFT_SET_INTERVAL | NFT_SET_CONCAT;
+        // Concatenations with ranges use the pipapo backend (CONCAT);
+        // single fields the rbtree one.
+        flags |= NFT_SET_INTERVAL;
+        if key.len() > 1 {
+            flags |= NFT_SET_CONCAT;
+        }
     }
     if s.flags.timeout {
         flags |= NFT_SET_TIMEOUT;
@@ -959,7 +958,7 @@ pub fn set_from_attrs(b: &[u8]) -> Result<(Set, u64), NftError> {
 /// fields byte-swapped to big-endian in interval sets, as the rule's
 /// byteorder expression does).
 fn key_bytes(values: &[Value], interval: bool) -> Vec<u8> {
-    if values.len() == 1 && !interval {
+    if values.len() == 1 && !(interval && values[0].dtype().host_order()) {
         return values[0].bytes();
     }
     let mut b = Vec::new();
@@ -971,7 +970,9 @@ fn key_bytes(values: &[Value], interval: bool) -> Vec<u8> {
                 vb.reverse();
             }
         }
-        vb.resize(vb.len().next_multiple_of(4), 0);
+        if values.len() > 1 {
+            vb.resize(vb.len().next_multiple_of(4), 0);
+        }
         b.extend(vb);
     }
     b
@@ -1035,7 +1036,86 @@ pub fn check_element(set: &Set, e: &Element) -> Result<(), NftError> {
     Ok(())
 }
 
-/// One element as an `NFTA_LIST_ELEM` payload.
+/// Whether a set stores ranges as rbtree start/end element pairs (a
+/// single-field interval set) rather than key + key end (pipapo).
+fn rbtree(set: &Set) -> bool {
+    set.flags.interval && set.kind.key_types().len() == 1
+}
+
+/// The value after `v` in its type, if any (for interval end elements).
+fn succ(v: Value) -> Option<Value> {
+    Some(match v {
+        Value::Ipv4(a) => Value::Ipv4(u32::from(a).checked_add(1)?.into()),
+        Value::Ipv6(a) => Value::Ipv6(u128::from(a).checked_add(1)?.into()),
+        Value::Proto(p) => Value::Proto(p.checked_add(1)?),
+        Value::Port(p) => Value::Port(p.checked_add(1)?),
+        Value::Mark(m) => Value::Mark(m.checked_add(1)?),
+        Value::Int(n) => Value::Int(n.checked_add(1)?),
+        Value::AddrType(n) => Value::AddrType(n.checked_add(1)?),
+    })
+}
+
+/// The value before `v`.
+fn pred(v: Value) -> Option<Value> {
+    Some(match v {
+        Value::Ipv4(a) => Value::Ipv4(u32::from(a).checked_sub(1)?.into()),
+        Value::Ipv6(a) => Value::Ipv6(u128::from(a).checked_sub(1)?.into()),
+        Value::Proto(p) => Value::Proto(p.checked_sub(1)?),
+        Value::Port(p) => Value::Port(p.checked_sub(1)?),
+        Value::Mark(m) => Value::Mark(m.checked_sub(1)?),
+        Value::Int(n) => Value::Int(n.checked_sub(1)?),
+        Value::AddrType(n) => Value::AddrType(n.checked_sub(1)?),
+    })
+}
+
+fn zero_of(t: DataType) -> Value {
+    Value::from_bytes(t, &vec![0u8; t.len()]).expect("zero of every type")
+}
+
+/// The `NFTA_LIST_ELEM` payloads of a list of elements. Single-field
+/// interval sets are written as nft writes them: a start element (with the
+/// data) at each range's first value, an `NFT_SET_ELEM_INTERVAL_END` element
+/// just after its last one (none when it ends at the type's maximum), and
+/// an end element at 0 when nothing starts there.
+pub fn elements_attrs(set: &Set, elements: &[Element], with_data: bool) -> Vec<(usize, Vec<u8>)> {
+    if !rbtree(set) {
+        return elements
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i, element_attrs(set, e, with_data)))
+            .collect();
+    }
+    let mut out = Vec::new();
+    let t = set.kind.key_types()[0];
+    let starts_at_zero = elements.iter().any(|e| e.key[0].bounds().0 == zero_of(t));
+    if with_data && !starts_at_zero && !elements.is_empty() {
+        out.push((0, end_element(zero_of(t))));
+    }
+    for (i, e) in elements.iter().enumerate() {
+        let (lo, hi) = e.key[0].bounds();
+        let start = Element {
+            key: vec![KeyPart::Value(lo)],
+            ..e.clone()
+        };
+        out.push((i, element_attrs(set, &start, with_data)));
+        if let Some(after) = succ(hi) {
+            out.push((i, end_element(after)));
+        }
+    }
+    out
+}
+
+fn end_element(v: Value) -> Vec<u8> {
+    let mut w = AttrWriter::new();
+    w.nest(NFTA_SET_ELEM_KEY, |k| {
+        k.put(NFTA_DATA_VALUE, &key_bytes(&[v], true));
+    });
+    w.u32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+    w.into_bytes()
+}
+
+/// One element as an `NFTA_LIST_ELEM` payload (for rbtree interval sets,
+/// its start element only: use [`elements_attrs`]).
 pub fn element_attrs(set: &Set, e: &Element, with_data: bool) -> Vec<u8> {
     let mut w = AttrWriter::new();
     let interval = set.flags.interval;
@@ -1043,7 +1123,7 @@ pub fn element_attrs(set: &Set, e: &Element, with_data: bool) -> Vec<u8> {
     w.nest(NFTA_SET_ELEM_KEY, |k| {
         k.put(NFTA_DATA_VALUE, &key_bytes(&lows, interval));
     });
-    if interval {
+    if interval && !rbtree(set) {
         let highs: Vec<Value> = e.key.iter().map(|p| p.bounds().1).collect();
         w.nest(NFTA_SET_ELEM_KEY_END, |k| {
             k.put(NFTA_DATA_VALUE, &key_bytes(&highs, interval));
@@ -1069,6 +1149,78 @@ pub fn element_attrs(set: &Set, e: &Element, with_data: bool) -> Vec<u8> {
     w.into_bytes()
 }
 
+/// Rebuild ranges from an rbtree set's start and end elements (as dumped:
+/// in any order).
+pub fn join_intervals(set: &Set, raw: Vec<(Element, bool)>) -> Vec<Element> {
+    let mut raw = raw;
+    // By key; at equal keys the end of one range before the start of the next.
+    raw.sort_by(|(a, a_end), (b, b_end)| a.key.cmp(&b.key).then(b_end.cmp(a_end)));
+    let t = set.kind.key_types()[0];
+    let max = Value::from_bytes(t, &vec![0xffu8; t.len()]).expect("max of every type");
+    let mut out: Vec<Element> = Vec::new();
+    let mut open: Option<Element> = None;
+    for (e, is_end) in raw {
+        let at = e.key[0].bounds().0;
+        if is_end {
+            if let Some(mut s) = open.take() {
+                let lo = s.key[0].bounds().0;
+                let hi = pred(at).unwrap_or(lo);
+                s.key = vec![if lo == hi {
+                    KeyPart::Value(lo)
+                } else {
+                    range_part(lo, hi)
+                }];
+                out.push(s);
+            }
+        } else {
+            if let Some(mut s) = open.take() {
+                // A start without an end runs to the next start.
+                let lo = s.key[0].bounds().0;
+                s.key = vec![range_part(lo, pred(at).unwrap_or(lo))];
+                out.push(s);
+            }
+            open = Some(e);
+        }
+    }
+    if let Some(mut s) = open {
+        let lo = s.key[0].bounds().0;
+        s.key = vec![if lo == max {
+            KeyPart::Value(lo)
+        } else {
+            range_part(lo, max)
+        }];
+        out.push(s);
+    }
+    out
+}
+
+fn range_part(lo: Value, hi: Value) -> KeyPart {
+    if lo == hi {
+        return KeyPart::Value(lo);
+    }
+    // A range that is exactly a network reads back as a prefix.
+    match (lo, hi) {
+        (Value::Ipv4(x), Value::Ipv4(y)) => {
+            let host = u32::from(x) ^ u32::from(y);
+            if host.wrapping_add(1) & host == 0 && u32::from(x) & host == 0 {
+                if let Ok(n) = ipnet::Ipv4Net::new(x, 32 - host.count_ones() as u8) {
+                    return KeyPart::Prefix(n.into());
+                }
+            }
+        }
+        (Value::Ipv6(x), Value::Ipv6(y)) => {
+            let host = u128::from(x) ^ u128::from(y);
+            if host.wrapping_add(1) & host == 0 && u128::from(x) & host == 0 {
+                if let Ok(n) = ipnet::Ipv6Net::new(x, 128 - host.count_ones() as u8) {
+                    return KeyPart::Prefix(n.into());
+                }
+            }
+        }
+        _ => {}
+    }
+    KeyPart::Range(lo, hi)
+}
+
 fn split_key(set: &Set, b: &[u8], swap: bool) -> Result<Vec<Value>, NftError> {
     let types = set.kind.key_types();
     split_values(&types, b, swap)
@@ -1092,39 +1244,17 @@ fn split_values(types: &[DataType], b: &[u8], swap: bool) -> Option<Vec<Value>> 
     Some(out)
 }
 
-/// One element back from a dump.
-pub fn element_from_attrs(set: &Set, b: &[u8]) -> Result<Element, NftError> {
+/// One element back from a dump, and whether it is an interval end
+/// element (rbtree sets: join them with [`join_intervals`]).
+pub fn element_from_attrs(set: &Set, b: &[u8]) -> Result<(Element, bool), NftError> {
     let t = AttrTable::parse(b, "element")?;
-    let interval = set.flags.interval;
-    let low = split_key(set, &read_data_value(t.req(NFTA_SET_ELEM_KEY)?)?, interval)?;
+    let is_end = t.u32(NFTA_SET_ELEM_FLAGS)?.unwrap_or(0) & NFT_SET_ELEM_INTERVAL_END != 0;
+    let interval = set.flags.interval && !rbtree(set);
+    let swap = set.flags.interval;
+    let low = split_key(set, &read_data_value(t.req(NFTA_SET_ELEM_KEY)?)?, swap)?;
     let key = if interval {
-        let high = split_key(set, &read_data_value(t.req(NFTA_SET_ELEM_KEY_END)?)?, interval)?;
-        low.into_iter()
-            .zip(high)
-            .map(|(a, b)| {
-                if a == b {
-                    return KeyPart::Value(a);
-                }
-                // A range that is exactly a network reads back as a prefix.
-                if let (Value::Ipv4(x), Value::Ipv4(y)) = (a, b) {
-                    let host = u32::from(x) ^ u32::from(y);
-                    if (host.wrapping_add(1)) & host == 0 && u32::from(x) & host == 0 {
-                        if let Ok(n) = ipnet::Ipv4Net::new(x, 32 - host.count_ones() as u8) {
-                            return KeyPart::Prefix(n.into());
-                        }
-                    }
-                }
-                if let (Value::Ipv6(x), Value::Ipv6(y)) = (a, b) {
-                    let host = u128::from(x) ^ u128::from(y);
-                    if (host.wrapping_add(1)) & host == 0 && u128::from(x) & host == 0 {
-                        if let Ok(n) = ipnet::Ipv6Net::new(x, 128 - host.count_ones() as u8) {
-                            return KeyPart::Prefix(n.into());
-                        }
-                    }
-                }
-                KeyPart::Range(a, b)
-            })
-            .collect()
+        let high = split_key(set, &read_data_value(t.req(NFTA_SET_ELEM_KEY_END)?)?, swap)?;
+        low.into_iter().zip(high).map(|(a, b)| range_part(a, b)).collect()
     } else {
         low.into_iter().map(KeyPart::Value).collect()
     };
@@ -1156,14 +1286,17 @@ pub fn element_from_attrs(set: &Set, b: &[u8]) -> Result<Element, NftError> {
         .u64(NFTA_SET_ELEM_TIMEOUT)?
         .map(Duration::from_millis)
         .filter(|t| Some(*t) != set.timeout);
-    Ok(Element {
-        key,
-        data,
-        timeout,
-        comment: t
-            .get(NFTA_SET_ELEM_USERDATA)
-            .and_then(|u| comment_from_udata(u, UDATA_COMMENT)),
-    })
+    Ok((
+        Element {
+            key,
+            data,
+            timeout,
+            comment: t
+                .get(NFTA_SET_ELEM_USERDATA)
+                .and_then(|u| comment_from_udata(u, UDATA_COMMENT)),
+        },
+        is_end,
+    ))
 }
 
 /// Shapes of the sets of a table, for lowering and raising rules.

@@ -244,6 +244,11 @@ impl Nft {
                     }
                 }
             }
+            let mut elements = if set.flags.interval && set.kind.key_types().len() == 1 {
+                encode::join_intervals(set, elements)
+            } else {
+                elements.into_iter().map(|(e, _)| e).collect()
+            };
             elements.sort();
             table.sets[i].elements = elements;
         }
@@ -256,17 +261,23 @@ impl Nft {
             table.chains.push(chain);
         }
         let shapes = encode::shapes_of(table.sets.iter());
+        // Chains by name: a linear search per rule is quadratic at 10,000 services.
+        let index: std::collections::HashMap<Name, usize> = table
+            .chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
         for b in self.dump(
             wire::NFT_MSG_GETRULE,
             fam,
             &table_filter(wire::NFTA_RULE_TABLE, name.as_str()),
         )? {
             let (chain, rule) = encode::rule_from_attrs(family, &b, &shapes)?;
-            table
-                .chain_mut(&chain)
-                .ok_or_else(|| NftError::Decode(format!("rule in unknown chain {chain}")))?
-                .rules
-                .push(rule);
+            let i = *index
+                .get(&chain)
+                .ok_or_else(|| NftError::Decode(format!("rule in unknown chain {chain}")))?;
+            table.chains[i].rules.push(rule);
         }
         Ok(Some(table))
     }
@@ -406,27 +417,4 @@ pub fn table_filter(kind: u16, table: &str) -> Vec<u8> {
     let mut w = AttrWriter::new();
     w.str(kind, table);
     w.into_bytes()
-}
-
-#[cfg(test)]
-mod capture {
-    use super::*;
-
-    #[test]
-    #[ignore = "debugging aid: run inside a namespace holding table ip sp"]
-    fn capture_raw() {
-        let mut nft = Nft::open().unwrap();
-        for (msg, what) in [
-            (wire::NFT_MSG_GETTABLE, "table"),
-            (wire::NFT_MSG_GETCHAIN, "chain"),
-            (wire::NFT_MSG_GETSET, "set"),
-            (wire::NFT_MSG_GETRULE, "rule"),
-        ] {
-            for b in nft.dump(msg, wire::nfproto::IPV4, &[]).unwrap() {
-                let mut s = String::new();
-                wire::dump_attrs(&b, 1, &mut s);
-                println!("== {what}\n{s}");
-            }
-        }
-    }
 }

@@ -17,7 +17,6 @@
 //!   (`EBUSY`). Deleting a chain deletes its rules.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_ECHO, NLM_F_REPLACE, NLM_F_REQUEST};
 
@@ -420,8 +419,9 @@ impl Batch {
                         wire::NFT_MSG_DELSETELEM
                     };
                     let flags = if add { base | NLM_F_CREATE } else { base };
+                    let encoded = encode::elements_attrs(def, elements, add);
                     let mut start = 0;
-                    while start < elements.len() {
+                    while start < encoded.len() {
                         // Header (16) + nfgenmsg (4) + table and set names,
                         // then the element list nest (4).
                         let mut w = AttrWriter::new();
@@ -431,21 +431,25 @@ impl Batch {
                         let mut list = AttrWriter::new();
                         let mut items = Vec::new();
                         let mut end = start;
-                        while end < elements.len() && list.len() < ELEMENT_BYTES_PER_MESSAGE {
-                            let e = &elements[end];
-                            items.push((list_at + list.len(), format!("element {}", script::element_text(e))));
+                        while end < encoded.len() && list.len() < ELEMENT_BYTES_PER_MESSAGE {
+                            let (i, attrs) = &encoded[end];
+                            items.push((
+                                list_at + list.len(),
+                                format!("element {}", script::element_text(&elements[*i])),
+                            ));
                             list.nest(wire::NFTA_LIST_ELEM, |el| {
-                                el.put_raw(&encode::element_attrs(def, e, add));
+                                el.put_raw(attrs);
                             });
                             end += 1;
                         }
                         w.nest(wire::NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
                             l.put_raw(list.as_bytes());
                         });
-                        let mut what = format!("op {n}: {verb} {} element(s) of {set}", end - start);
-                        if let Some(e) = elements.get(start) {
-                            let _ = write!(what, ", first {}", script::element_text(e));
-                        }
+                        let first = &elements[encoded[start].0];
+                        let what = format!(
+                            "op {n}: {verb} element(s) of {set}, first {}",
+                            script::element_text(first)
+                        );
                         msgs.push(Msg {
                             kind,
                             flags,
