@@ -14,7 +14,7 @@ mod nft_support;
 use std::time::{Duration, Instant};
 
 use nft_support::Netns;
-use sliceproxy::dataplane::nftables::layout::{self, Settings, SvcSpec};
+use sliceproxy::dataplane::nftables::layout::{self, Selection, Settings, SvcSpec};
 use sliceproxy::dataplane::nftables::model::{Element, Family, Table, Value, VerdictData, name};
 use sliceproxy::dataplane::nftables::netlink::Nft;
 use sliceproxy::dataplane::nftables::script;
@@ -47,16 +47,20 @@ fn load() -> String {
         .join(" ")
 }
 
-fn measure(n: usize, reps: usize) {
+fn measure(n: usize, reps: usize, selection: Selection) {
     let settings = Settings {
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        selection,
     };
     let services = layout::synthetic(n, 10);
     let table = layout::build(&services, &settings);
     let empty = Table::new(Family::Ip, table.name.clone());
     let ns = Netns::new("layout");
     let mut nft = ns.nft();
-    println!("\n## {n} services x 10 endpoints (load before: {})", load());
+    println!(
+        "\n## {n} services x 10 endpoints, {selection:?} selection (load before: {})",
+        load()
+    );
 
     // Cold load, chunked.
     let chunks = layout::cold_load(&table, 2_000);
@@ -105,7 +109,7 @@ fn measure(n: usize, reps: usize) {
         if i % 2 == 1 {
             std::mem::swap(&mut a, &mut b);
         }
-        commit(&mut nft, &layout::change_endpoints(&a, &b, 0), &table)
+        commit(&mut nft, &layout::change_endpoints(&a, &b, selection, 0), &table)
     });
     println!("| one endpoint replaced (2 data-map elements) | {med:.2} ms (max {max:.2}) |");
 
@@ -120,7 +124,7 @@ fn measure(n: usize, reps: usize) {
         tx.push(Op::ReplaceRule {
             chain: s.chain(),
             handle,
-            rule: layout::select_rule(&t),
+            rule: layout::select_rule(&t, selection),
         });
         commit(&mut nft, &tx, &table)
     });
@@ -134,9 +138,13 @@ fn measure(n: usize, reps: usize) {
         if i % 2 == 1 {
             std::mem::swap(&mut a, &mut b);
         }
-        commit(&mut nft, &layout::change_endpoints(&a, &b, handle), &table)
+        commit(&mut nft, &layout::change_endpoints(&a, &b, selection, handle), &table)
     });
-    println!("| endpoint added/removed (rule replace + 1 element) | {med:.2} ms (max {max:.2}) |");
+    let what = match selection {
+        Selection::Modulus => "rule replace + 1 slot element",
+        Selection::Ranges => "10 + 9 range elements rewritten, no rule change",
+    };
+    println!("| endpoint added/removed ({what}) | {med:.2} ms (max {max:.2}) |");
 
     // A verdict-map element with goto, added and deleted.
     let (med, max) = repeat(reps, |i| {
@@ -228,7 +236,13 @@ fn main() {
         Err(_) if bench => vec![1_000, 10_000],
         Err(_) => vec![50],
     };
+    let reps = std::env::var("NFT_LAYOUT_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if bench { 11 } else { 3 });
     for n in sizes {
-        measure(n, if bench { 11 } else { 3 });
+        for sel in [Selection::Ranges, Selection::Modulus] {
+            measure(n, reps, sel);
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nft_support::Netns;
-use sliceproxy::dataplane::nftables::layout::{self, Settings, SvcSpec};
+use sliceproxy::dataplane::nftables::layout::{self, Selection, Settings, SvcSpec};
 use sliceproxy::dataplane::nftables::model::{TCP, UDP};
 use sliceproxy::dataplane::nftables::tx::Batch;
 
@@ -89,7 +89,16 @@ fn both_answer(client: &Netns, what: &str, ask: fn(SocketAddr) -> Option<String>
 }
 
 #[test]
-fn clusterip_and_nodeport_reach_both_endpoints() {
+fn clusterip_and_nodeport_reach_both_endpoints_modulus_selection() {
+    packets(Selection::Modulus);
+}
+
+#[test]
+fn clusterip_and_nodeport_reach_both_endpoints_range_selection() {
+    packets(Selection::Ranges);
+}
+
+fn packets(selection: Selection) {
     let (client, node, pa, pb) = (Netns::new("pk"), Netns::new("pk"), Netns::new("pk"), Netns::new("pk"));
     // Links: node <-> client, node <-> each pod. Veth ends are created in
     // the node namespace and moved; nothing touches the root namespace.
@@ -133,6 +142,7 @@ fn clusterip_and_nodeport_reach_both_endpoints() {
     ];
     let settings = Settings {
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        selection,
     };
     let table = layout::build(&services, &settings);
     let mut nft = node.nft();

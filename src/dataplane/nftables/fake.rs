@@ -374,11 +374,12 @@ fn check_loops(t: &Table) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::nftables::layout::{self, Settings};
+    use crate::dataplane::nftables::layout::{self, Selection, Settings};
 
     fn settings() -> Settings {
         Settings {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            selection: Selection::Modulus,
         }
     }
 
@@ -565,16 +566,20 @@ mod tests {
         new.endpoints.pop();
         let handle = table(&fake).chain(&old.chain()).unwrap().rules[1].handle.unwrap();
         let before = table(&fake);
-        fake.apply(&layout::change_endpoints(&old, &new, handle)).unwrap();
+        fake.apply(&layout::change_endpoints(&old, &new, Selection::Modulus, handle))
+            .unwrap();
         let after = table(&fake);
         for (b, a) in before.sets.iter().zip(&after.sets) {
             if a.name != old.map() {
                 assert_eq!(a, b);
             }
         }
-        assert_eq!(after.set(&old.map()).unwrap().elements, layout::slot_elements(&new));
+        assert_eq!(
+            after.set(&old.map()).unwrap().elements,
+            layout::slot_elements(&new, Selection::Modulus)
+        );
         let rule = &after.chain(&old.chain()).unwrap().rules[1];
-        assert_eq!(rule.without_handle(), layout::select_rule(&new));
+        assert_eq!(rule.without_handle(), layout::select_rule(&new, Selection::Modulus));
     }
 
     #[test]

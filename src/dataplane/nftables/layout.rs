@@ -67,7 +67,25 @@ impl SvcSpec {
 pub struct Settings {
     /// Pod network: traffic from elsewhere to a service is masqueraded.
     pub cluster_cidr: Ipv4Net,
+    /// How endpoints are selected.
+    pub selection: Selection,
 }
+
+/// Endpoint selection: both give every endpoint the same share of new
+/// connections; they differ in what an endpoint-count change touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// `numgen random mod N` into a map of N slots: exact 1/N; a count
+    /// change replaces the rule (a jump-graph validation in the kernel).
+    Modulus,
+    /// `numgen random mod 65536` into an interval map of N ranges: each
+    /// share within 1/65536 of 1/N; a count change rewrites the ranges
+    /// (data only), the rule never changes.
+    Ranges,
+}
+
+/// The random space of [`Selection::Ranges`].
+pub const RANGE_SPACE: u32 = 65536;
 
 fn l4(p: u8) -> Stmt {
     Stmt::Cmp {
@@ -79,28 +97,44 @@ fn l4(p: u8) -> Stmt {
 
 /// The endpoint-selection rule: `meta l4proto P dnat to numgen random mod
 /// N map @eps-ID`. With no endpoint it rejects instead.
-pub fn select_rule(s: &SvcSpec) -> Rule {
+pub fn select_rule(s: &SvcSpec, sel: Selection) -> Rule {
     if s.endpoints.is_empty() {
         return Rule::new(vec![Stmt::Verdict(Verdict::Jump(name("reject-chain")))]);
     }
+    let modulus = match sel {
+        Selection::Modulus => s.endpoints.len() as u32,
+        Selection::Ranges => RANGE_SPACE,
+    };
     Rule::new(vec![
         l4(s.proto),
         Stmt::Dnat(NatTo::Map {
-            key: vec![Expr::Numgen {
-                modulus: s.endpoints.len() as u32,
-            }],
+            key: vec![Expr::Numgen { modulus }],
             map: s.map(),
             port: None,
         }),
     ])
 }
 
-/// The slot elements of a service: slot i -> endpoint i.
-pub fn slot_elements(s: &SvcSpec) -> Vec<Element> {
+/// The slot elements of a service: slot i (or range i) -> endpoint i.
+pub fn slot_elements(s: &SvcSpec, sel: Selection) -> Vec<Element> {
+    let n = s.endpoints.len() as u64;
     s.endpoints
         .iter()
         .enumerate()
-        .map(|(i, (ip, port))| Element::map(&[Value::Int(i as u32)], &[Value::Ipv4(*ip), Value::Port(*port)]))
+        .map(|(i, (ip, port))| {
+            let e = Element::map(&[Value::Int(i as u32)], &[Value::Ipv4(*ip), Value::Port(*port)]);
+            match sel {
+                Selection::Modulus => e,
+                Selection::Ranges => {
+                    let space = u64::from(RANGE_SPACE);
+                    let (lo, hi) = (i as u64 * space / n, (i as u64 + 1) * space / n - 1);
+                    Element {
+                        key: vec![KeyPart::Range(Value::Int(lo as u32), Value::Int(hi as u32))],
+                        ..e
+                    }
+                }
+            }
+        })
         .collect()
 }
 
@@ -113,7 +147,8 @@ pub fn service_objects(s: &SvcSpec, settings: &Settings) -> (Set, Vec<Chain>) {
             data: Some(vec![Expr::IpDaddr, Expr::ThDport]),
         },
     );
-    map.elements = slot_elements(s);
+    map.flags.interval = settings.selection == Selection::Ranges;
+    map.elements = slot_elements(s, settings.selection);
     let mut chain = Chain::regular(s.chain());
     chain.comment = Some(Comment::new(&s.comment()));
     chain.rules = vec![
@@ -125,7 +160,7 @@ pub fn service_objects(s: &SvcSpec, settings: &Settings) -> (Set, Vec<Chain>) {
             },
             Stmt::Verdict(Verdict::Jump(name("mark-for-masquerade"))),
         ]),
-        select_rule(s),
+        select_rule(s, settings.selection),
     ];
     let mut chains = vec![chain];
     if s.node_port.is_some() {
@@ -321,18 +356,19 @@ pub fn remove_service(s: &SvcSpec) -> Transaction {
 }
 
 /// Move a service from `old` to `new` endpoints: slot elements that
-/// changed are deleted and added; if the count changed, the selection rule
-/// (whose handle the caller knows) is replaced in place.
-pub fn change_endpoints(old: &SvcSpec, new: &SvcSpec, select_handle: u64) -> Transaction {
+/// changed are deleted and added; if the selection rule changed (the count,
+/// with [`Selection::Modulus`]; none to some endpoints, with either), it is
+/// replaced in place (the caller knows its handle).
+pub fn change_endpoints(old: &SvcSpec, new: &SvcSpec, sel: Selection, select_handle: u64) -> Transaction {
     let mut tx = Transaction::new(Family::Ip, name(TABLE));
-    let (before, after) = (slot_elements(old), slot_elements(new));
+    let (before, after) = (slot_elements(old, sel), slot_elements(new, sel));
     let gone: Vec<Element> = before.iter().filter(|e| !after.contains(e)).cloned().collect();
     let came: Vec<Element> = after.iter().filter(|e| !before.contains(e)).cloned().collect();
-    if old.endpoints.len() != new.endpoints.len() {
+    if select_rule(old, sel) != select_rule(new, sel) {
         tx.push(Op::ReplaceRule {
             chain: new.chain(),
             handle: select_handle,
-            rule: select_rule(new),
+            rule: select_rule(new, sel),
         });
     }
     if !gone.is_empty() {
