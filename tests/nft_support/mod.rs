@@ -2,7 +2,6 @@
 //! unique `nft-` name, used through `ip netns exec` or by moving a thread
 //! into them, and deleted by name on drop (also when a test panics).
 //! Nothing here gets a route to the host: namespaces start empty.
-#![allow(dead_code)] // each test binary uses a different part
 
 use std::fs::File;
 use std::process::{Command, Output, Stdio};
@@ -44,6 +43,7 @@ impl Netns {
     }
 
     /// Run a command inside.
+    #[allow(dead_code)] // not every test binary runs commands unchecked
     pub fn exec(&self, cmd: &[&str]) -> Output {
         Command::new("ip")
             .args(["netns", "exec", &self.name])
@@ -66,6 +66,7 @@ impl Netns {
     }
 
     /// `nft -f -` with a script on stdin.
+    #[allow(dead_code)] // only the parity test loads scripts
     pub fn nft_script(&self, script: &str) -> Result<(), String> {
         use std::io::Write;
         let mut child = Command::new("ip")

@@ -143,7 +143,8 @@ pub fn expr_attrs(e: &KExpr) -> (&'static str, AttrWriter) {
         } => {
             w.u32(NFTA_BITWISE_SREG, *sreg)
                 .u32(NFTA_BITWISE_DREG, *dreg)
-                .u32(NFTA_BITWISE_LEN, *len);
+                .u32(NFTA_BITWISE_LEN, *len)
+                .u32(NFTA_BITWISE_OP, NFT_BITWISE_MASK_XOR);
             data_value(&mut w, NFTA_BITWISE_MASK, mask);
             data_value(&mut w, NFTA_BITWISE_XOR, xor);
             "bitwise"
@@ -1304,4 +1305,93 @@ pub fn shapes_of<'a>(sets: impl IntoIterator<Item = &'a Set>) -> Shapes {
     sets.into_iter()
         .map(|s| (s.name.clone(), SetShape::of(&s.kind, s.flags.interval)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::nftables::lower;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Our nests carry NLA_F_NESTED (the kernel accepts both); the kernel's
+    /// dumps do not. Clear it to compare with captured dumps.
+    fn clear_nested(b: &mut [u8]) {
+        let mut i = 0;
+        while i + 4 <= b.len() {
+            let len = u16::from_ne_bytes([b[i], b[i + 1]]) as usize;
+            let kind = u16::from_ne_bytes([b[i + 2], b[i + 3]]);
+            if kind & 0x8000 != 0 {
+                b[i + 2..i + 4].copy_from_slice(&(kind & 0x7fff).to_ne_bytes());
+                clear_nested(&mut b[i + 4..i + len]);
+            }
+            i += len.next_multiple_of(4).max(4);
+        }
+    }
+
+    fn encoded(rule: &Rule, shapes: &Shapes) -> Vec<u8> {
+        let exprs = lower::lower(Family::Ip, rule, shapes).unwrap();
+        let mut w = AttrWriter::new();
+        exprs_attr(&mut w, &exprs);
+        let mut b = w.into_bytes();
+        clear_nested(&mut b);
+        b
+    }
+
+    /// `NFTA_RULE_EXPRESSIONS` of rules nft 1.0.6 loaded, as kernel 6.18
+    /// dumped them (captured with `nft -f` + a GETRULE dump): our encoding
+    /// of the same statements is byte for byte the same.
+    #[test]
+    fn expressions_match_the_bytes_of_nfts_rules() {
+        let svc = Set::new(
+            name("svc-map"),
+            SetType::Types {
+                key: vec![DataType::Ipv4Addr, DataType::InetProto, DataType::InetService],
+                data: Some(SetData::Verdict),
+            },
+        );
+        let shapes = shapes_of([&svc]);
+        // ip daddr . meta l4proto . th dport vmap @svc-map
+        let vmap = Rule::new(vec![Stmt::Vmap {
+            key: vec![Expr::IpDaddr, Expr::MetaL4proto, Expr::ThDport],
+            map: name("svc-map"),
+        }]);
+        let want = hex(concat!(
+            "c8000400",
+            "340001000c0001007061796c6f616400240002000800010000000001080002000000000108000300000000100800040000000004",
+            "24000100090001006d657461000000001400020008000200000000100800010000000009",
+            "340001000c0001007061796c6f61640024000200080001000000000a080002000000000208000300000000020800040000000002",
+            "380001000b0001006c6f6f6b75700000280002000c0001007376632d6d617000",
+            "080002000000000108000300000000000800050000000000",
+        ));
+        // (The captured rule's map was named "svc"; the lookup expression
+        // here is re-measured for "svc-map", everything else is verbatim.)
+        assert_eq!(encoded(&vmap, &shapes), want);
+
+        // ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x4000 counter
+        let mark = Rule::new(vec![
+            Stmt::Prefix {
+                left: Expr::IpSaddr,
+                negate: true,
+                net: "10.244.0.0/16".parse().unwrap(),
+            },
+            Stmt::MarkOr(0x4000),
+            Stmt::Counter,
+        ]);
+        let want = hex(concat!(
+            "24010400",
+            "340001000c0001007061796c6f6164002400020008000100000000010800020000000001080003000000000c0800040000000002",
+            "2c00010008000100636d700020000200080001000000000108000200000000010c000300060001000af40000",
+            "24000100090001006d657461000000001400020008000200000000030800010000000001",
+            "4c0001000c00010062697477697365003c00020008000100000000010800020000000001080003000000000408000600000000000c00040008000100ffbfffff0c0005000800010000400000",
+            "24000100090001006d657461000000001400020008000200000000030800030000000001",
+            "2c0001000c000100636f756e746572001c0002000c00010000000000000000000c0002000000000000000000",
+        ));
+        assert_eq!(encoded(&mark, &shapes), want);
+    }
 }
