@@ -98,6 +98,11 @@ fn clusterip_and_nodeport_reach_both_endpoints_range_selection() {
     packets(Selection::Ranges);
 }
 
+#[test]
+fn clusterip_and_nodeport_reach_both_endpoints_concatenated_range_selection() {
+    packets(Selection::RangesConcat);
+}
+
 fn packets(selection: Selection) {
     let (client, node, pa, pb) = (Netns::new("pk"), Netns::new("pk"), Netns::new("pk"), Netns::new("pk"));
     // Links: node <-> client, node <-> each pod. Veth ends are created in

@@ -78,10 +78,14 @@ pub enum Selection {
     /// `numgen random mod N` into a map of N slots: exact 1/N; a count
     /// change replaces the rule (a jump-graph validation in the kernel).
     Modulus,
-    /// `numgen random mod 65536` into an interval map of N ranges: each
-    /// share within 1/65536 of 1/N; a count change rewrites the ranges
-    /// (data only), the rule never changes.
+    /// `numgen random mod 65536` into an interval map of N ranges (one
+    /// field: the kernel's rbtree backend): each share within 1/65536 of
+    /// 1/N; a count change rewrites the ranges (data only), the rule never
+    /// changes.
     Ranges,
+    /// The same ranges in a two-field interval map keyed
+    /// `numgen random mod 65536 . meta l4proto` (the pipapo backend).
+    RangesConcat,
 }
 
 /// The random space of [`Selection::Ranges`].
@@ -103,12 +107,16 @@ pub fn select_rule(s: &SvcSpec, sel: Selection) -> Rule {
     }
     let modulus = match sel {
         Selection::Modulus => s.endpoints.len() as u32,
-        Selection::Ranges => RANGE_SPACE,
+        Selection::Ranges | Selection::RangesConcat => RANGE_SPACE,
     };
+    let mut key = vec![Expr::Numgen { modulus }];
+    if sel == Selection::RangesConcat {
+        key.push(Expr::MetaL4proto);
+    }
     Rule::new(vec![
         l4(s.proto),
         Stmt::Dnat(NatTo::Map {
-            key: vec![Expr::Numgen { modulus }],
+            key,
             map: s.map(),
             port: None,
         }),
@@ -125,13 +133,14 @@ pub fn slot_elements(s: &SvcSpec, sel: Selection) -> Vec<Element> {
             let e = Element::map(&[Value::Int(i as u32)], &[Value::Ipv4(*ip), Value::Port(*port)]);
             match sel {
                 Selection::Modulus => e,
-                Selection::Ranges => {
+                Selection::Ranges | Selection::RangesConcat => {
                     let space = u64::from(RANGE_SPACE);
                     let (lo, hi) = (i as u64 * space / n, (i as u64 + 1) * space / n - 1);
-                    Element {
-                        key: vec![KeyPart::Range(Value::Int(lo as u32), Value::Int(hi as u32))],
-                        ..e
+                    let mut key = vec![KeyPart::Range(Value::Int(lo as u32), Value::Int(hi as u32))];
+                    if sel == Selection::RangesConcat {
+                        key.push(KeyPart::Value(Value::Proto(s.proto)));
                     }
+                    Element { key, ..e }
                 }
             }
         })
@@ -140,14 +149,18 @@ pub fn slot_elements(s: &SvcSpec, sel: Selection) -> Vec<Element> {
 
 /// A service's own objects: map (with elements), chains (with rules).
 pub fn service_objects(s: &SvcSpec, settings: &Settings) -> (Set, Vec<Chain>) {
+    let mut key = vec![Expr::Numgen { modulus: 1 }];
+    if settings.selection == Selection::RangesConcat {
+        key.push(Expr::MetaL4proto);
+    }
     let mut map = Set::new(
         s.map(),
         SetType::Typeof {
-            key: vec![Expr::Numgen { modulus: 1 }],
+            key,
             data: Some(vec![Expr::IpDaddr, Expr::ThDport]),
         },
     );
-    map.flags.interval = settings.selection == Selection::Ranges;
+    map.flags.interval = settings.selection != Selection::Modulus;
     map.elements = slot_elements(s, settings.selection);
     let mut chain = Chain::regular(s.chain());
     chain.comment = Some(Comment::new(&s.comment()));

@@ -283,6 +283,24 @@ impl Nft {
     }
 }
 
+impl Nft {
+    /// The handles of one chain's rules, in order (a dump filtered to the
+    /// chain: cheap, unlike [`Nft::dump_table`]).
+    pub fn rule_handles(&mut self, family: Family, table: &Name, chain: &Name) -> Result<Vec<u64>, NftError> {
+        let mut w = AttrWriter::new();
+        w.str(wire::NFTA_RULE_TABLE, table.as_str())
+            .str(wire::NFTA_RULE_CHAIN, chain.as_str());
+        self.dump(wire::NFT_MSG_GETRULE, family.nfproto(), w.as_bytes())?
+            .iter()
+            .map(|b| {
+                AttrTable::parse(b, "rule")?
+                    .u64(wire::NFTA_RULE_HANDLE)?
+                    .ok_or_else(|| NftError::Decode("rule without handle".into()))
+            })
+            .collect()
+    }
+}
+
 fn libc_enoent() -> i32 {
     2
 }
