@@ -54,7 +54,7 @@ fn measure(n: usize, reps: usize, selection: Selection) {
     };
     let services = layout::synthetic(n, 10);
     let table = layout::build(&services, &settings);
-    let empty = Table::new(Family::Ip, table.name.clone());
+    let _empty = Table::new(Family::Ip, table.name.clone());
     let ns = Netns::new("layout");
     let mut nft = ns.nft();
     println!(

@@ -136,12 +136,12 @@ fn reap_stale() {
             continue;
         }
         let parts: Vec<&str> = name.rsplitn(3, '-').collect();
-        if let [_, pid, _] = parts[..] {
-            if let Ok(pid) = pid.parse::<u32>() {
-                if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    delete(&name);
-                }
-            }
+        if let [_, pid, _] = parts[..]
+            && let Ok(pid) = pid.parse::<u32>()
+            && pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            delete(&name);
         }
     }
 }

@@ -591,12 +591,12 @@ fn concat_type_id(types: &[DataType]) -> u32 {
 }
 
 fn padded_len(types: &[DataType]) -> u32 {
-    types.iter().map(|t| (t.len() as u32).next_multiple_of(4)).sum()
+    types.iter().map(|t| (t.byte_len() as u32).next_multiple_of(4)).sum()
 }
 
 fn single_len(types: &[DataType]) -> u32 {
     if types.len() == 1 {
-        types[0].len() as u32
+        types[0].byte_len() as u32
     } else {
         padded_len(types)
     }
@@ -761,7 +761,7 @@ pub fn set_attrs(table: &Name, s: &Set, id: u32) -> Result<Vec<u8>, NftError> {
                 d.nest(NFTA_SET_DESC_CONCAT, |c| {
                     for t in &key {
                         c.nest(NFTA_LIST_ELEM, |f| {
-                            f.u32(NFTA_SET_FIELD_LEN, t.len() as u32);
+                            f.u32(NFTA_SET_FIELD_LEN, t.byte_len() as u32);
                         });
                     }
                 });
@@ -769,13 +769,13 @@ pub fn set_attrs(table: &Name, s: &Set, id: u32) -> Result<Vec<u8>, NftError> {
         });
     }
     w.u32(NFTA_SET_ID, id);
-    if let SetType::Typeof { key: k, data: d } = &s.kind {
-        if let Some(e) = k.iter().chain(d.iter().flatten()).find(|e| !typeof_supported(e)) {
-            return Err(NftError::Invalid(format!(
-                "set {}: typeof {e:?} is not supported",
-                s.name
-            )));
-        }
+    if let SetType::Typeof { key: k, data: d } = &s.kind
+        && let Some(e) = k.iter().chain(d.iter().flatten()).find(|e| !typeof_supported(e))
+    {
+        return Err(NftError::Invalid(format!(
+            "set {}: typeof {e:?} is not supported",
+            s.name
+        )));
     }
     // User data as nft 1.0.6 writes it (nft reads it back to print the set).
     let mut u = Vec::new();
@@ -1003,10 +1003,10 @@ pub fn check_element(set: &Set, e: &Element) -> Result<(), NftError> {
         )));
     }
     for p in &e.key {
-        if let KeyPart::Range(a, b) = p {
-            if a > b {
-                return Err(NftError::Invalid(format!("empty range {a:?}-{b:?}")));
-            }
+        if let KeyPart::Range(a, b) = p
+            && a > b
+        {
+            return Err(NftError::Invalid(format!("empty range {a:?}-{b:?}")));
         }
     }
     match (&set.kind, &e.data) {
@@ -1070,7 +1070,7 @@ fn pred(v: Value) -> Option<Value> {
 }
 
 fn zero_of(t: DataType) -> Value {
-    Value::from_bytes(t, &vec![0u8; t.len()]).expect("zero of every type")
+    Value::from_bytes(t, &vec![0u8; t.byte_len()]).expect("zero of every type")
 }
 
 /// The `NFTA_LIST_ELEM` payloads of a list of elements. Single-field
@@ -1157,7 +1157,7 @@ pub fn join_intervals(set: &Set, raw: Vec<(Element, bool)>) -> Vec<Element> {
     // By key; at equal keys the end of one range before the start of the next.
     raw.sort_by(|(a, a_end), (b, b_end)| a.key.cmp(&b.key).then(b_end.cmp(a_end)));
     let t = set.kind.key_types()[0];
-    let max = Value::from_bytes(t, &vec![0xffu8; t.len()]).expect("max of every type");
+    let max = Value::from_bytes(t, &vec![0xffu8; t.byte_len()]).expect("max of every type");
     let mut out: Vec<Element> = Vec::new();
     let mut open: Option<Element> = None;
     for (e, is_end) in raw {
@@ -1203,18 +1203,20 @@ fn range_part(lo: Value, hi: Value) -> KeyPart {
     match (lo, hi) {
         (Value::Ipv4(x), Value::Ipv4(y)) => {
             let host = u32::from(x) ^ u32::from(y);
-            if host.wrapping_add(1) & host == 0 && u32::from(x) & host == 0 {
-                if let Ok(n) = ipnet::Ipv4Net::new(x, 32 - host.count_ones() as u8) {
-                    return KeyPart::Prefix(n.into());
-                }
+            if host.wrapping_add(1) & host == 0
+                && u32::from(x) & host == 0
+                && let Ok(n) = ipnet::Ipv4Net::new(x, 32 - host.count_ones() as u8)
+            {
+                return KeyPart::Prefix(n.into());
             }
         }
         (Value::Ipv6(x), Value::Ipv6(y)) => {
             let host = u128::from(x) ^ u128::from(y);
-            if host.wrapping_add(1) & host == 0 && u128::from(x) & host == 0 {
-                if let Ok(n) = ipnet::Ipv6Net::new(x, 128 - host.count_ones() as u8) {
-                    return KeyPart::Prefix(n.into());
-                }
+            if host.wrapping_add(1) & host == 0
+                && u128::from(x) & host == 0
+                && let Ok(n) = ipnet::Ipv6Net::new(x, 128 - host.count_ones() as u8)
+            {
+                return KeyPart::Prefix(n.into());
             }
         }
         _ => {}
@@ -1235,12 +1237,12 @@ fn split_values(types: &[DataType], b: &[u8], swap: bool) -> Option<Vec<Value>> 
     let mut out = Vec::new();
     let mut off = 0;
     for t in types {
-        let mut field = b.get(off..off + t.len())?.to_vec();
+        let mut field = b.get(off..off + t.byte_len())?.to_vec();
         if swap && t.host_order() && field.len() == 4 {
             field.reverse();
         }
         out.push(Value::from_bytes(*t, &field)?);
-        off += t.len().next_multiple_of(4);
+        off += t.byte_len().next_multiple_of(4);
     }
     Some(out)
 }

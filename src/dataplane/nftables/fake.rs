@@ -227,13 +227,13 @@ impl FakeNft {
                     }
                     for e in elements {
                         encode::check_element(s, e).map_err(|err| refuse(n, format!("{err} (EINVAL)")))?;
-                        if let Some(c) = element_target(e) {
-                            if !chains.contains(c) {
-                                return Err(refuse(
-                                    n,
-                                    format!("element of {set} jumps to unknown chain {c} (ENOENT)"),
-                                ));
-                            }
+                        if let Some(c) = element_target(e)
+                            && !chains.contains(c)
+                        {
+                            return Err(refuse(
+                                n,
+                                format!("element of {set} jumps to unknown chain {c} (ENOENT)"),
+                            ));
                         }
                         match s.elements.iter().find(|x| x.key == e.key) {
                             Some(x) if x.data == e.data => {}
@@ -251,10 +251,10 @@ impl FakeNft {
                             }
                         }
                     }
-                    if let Some(max) = s.size {
-                        if s.elements.len() > max as usize {
-                            return Err(refuse(n, format!("set {set} is full ({max} elements, ENFILE)")));
-                        }
+                    if let Some(max) = s.size
+                        && s.elements.len() > max as usize
+                    {
+                        return Err(refuse(n, format!("set {set} is full ({max} elements, ENFILE)")));
                     }
                     s.elements.sort();
                 }
@@ -317,12 +317,11 @@ fn check_rule(t: &Table, chain: &Name, rule: &Rule) -> Result<(), String> {
         .stmts
         .iter()
         .any(|s| matches!(s, Stmt::Dnat(_) | Stmt::Snat(_) | Stmt::Masquerade { .. }));
-    if nat {
-        if let Some(b) = &c.base {
-            if b.kind != ChainType::Nat {
-                return Err(format!("nat in {} chain {chain} (EOPNOTSUPP)", b.kind.keyword()));
-            }
-        }
+    if nat
+        && let Some(b) = &c.base
+        && b.kind != ChainType::Nat
+    {
+        return Err(format!("nat in {} chain {chain} (EOPNOTSUPP)", b.kind.keyword()));
     }
     Ok(())
 }
@@ -336,10 +335,10 @@ fn check_loops(t: &Table) -> Result<(), String> {
         for r in &c.rules {
             e.extend(targets(r));
             for s in &r.stmts {
-                if let Stmt::Vmap { map, .. } = s {
-                    if let Some(m) = t.set(map) {
-                        e.extend(m.elements.iter().filter_map(element_target));
-                    }
+                if let Stmt::Vmap { map, .. } = s
+                    && let Some(m) = t.set(map)
+                {
+                    e.extend(m.elements.iter().filter_map(element_target));
                 }
             }
         }

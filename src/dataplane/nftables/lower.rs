@@ -249,7 +249,7 @@ pub type Shapes = HashMap<Name, SetShape>;
 
 /// A register unit to the register number on the wire.
 pub fn reg(unit: u32) -> u32 {
-    if unit % 4 == 0 {
+    if unit.is_multiple_of(4) {
         NFT_REG_1 + unit / 4
     } else {
         NFT_REG32_00 + unit
@@ -389,7 +389,7 @@ impl Lowerer<'_> {
                 let (len, size) = if t == DataType::InetProto {
                     (1, 2)
                 } else {
-                    (t.len() as u32, 4)
+                    (t.byte_len() as u32, 4)
                 };
                 self.out.push(KExpr::Byteorder {
                     sreg: r,
@@ -399,7 +399,7 @@ impl Lowerer<'_> {
                     size,
                 });
             }
-            at += units(t.len());
+            at += units(t.byte_len());
         }
         if at - start > 16 {
             return Err(NftError::Invalid("concatenation longer than 64 bytes".into()));
@@ -421,7 +421,7 @@ impl Lowerer<'_> {
     fn stmt(&mut self, s: &Stmt) -> Result<(), NftError> {
         match s {
             Stmt::Cmp { left, op, right } => {
-                if left.dtype() != right.dtype() && !(left.dtype() == DataType::CtState) {
+                if left.dtype() != right.dtype() && (left.dtype() != DataType::CtState) {
                     return Err(NftError::Invalid(format!("cannot compare {left:?} with {right:?}")));
                 }
                 self.load(left, 0)?;
@@ -452,7 +452,7 @@ impl Lowerer<'_> {
                 }
                 let addr = ip_bytes(net.network());
                 let op = if *negate { NFT_CMP_NEQ } else { NFT_CMP_EQ };
-                if bits % 8 == 0 {
+                if bits.is_multiple_of(8) {
                     // nft loads only the prefix's bytes when it is
                     // byte-aligned, and compares them without a mask.
                     let n = bits / 8;
@@ -873,7 +873,7 @@ impl Raiser<'_> {
                 e = Expr::Const(Value::from_bytes(*t, &v.bytes()).ok_or_else(|| bad("constant type"))?);
             }
             out.push(e);
-            u += units(t.len());
+            u += units(t.byte_len());
         }
         Ok(out)
     }
@@ -1014,8 +1014,8 @@ impl Raiser<'_> {
             KExpr::Cmp { sreg, op, data } => {
                 let held = self.get(*sreg)?.clone();
                 // `cmp gte` then `cmp lte` on the same register: a range.
-                if *op == NFT_CMP_GTE {
-                    if let (
+                if *op == NFT_CMP_GTE
+                    && let (
                         Some(KExpr::Cmp {
                             sreg: s2,
                             op: NFT_CMP_LTE,
@@ -1023,18 +1023,16 @@ impl Raiser<'_> {
                         }),
                         Held::Expr(e, _),
                     ) = (next, &held)
-                    {
-                        if s2 == sreg {
-                            let t = e.dtype();
-                            self.stmts.push(Stmt::Range {
-                                left: e.clone(),
-                                negate: false,
-                                from: Value::from_bytes(t, data).ok_or_else(|| bad("range bound"))?,
-                                to: Value::from_bytes(t, to).ok_or_else(|| bad("range bound"))?,
-                            });
-                            return Ok(true);
-                        }
-                    }
+                    && s2 == sreg
+                {
+                    let t = e.dtype();
+                    self.stmts.push(Stmt::Range {
+                        left: e.clone(),
+                        negate: false,
+                        from: Value::from_bytes(t, data).ok_or_else(|| bad("range bound"))?,
+                        to: Value::from_bytes(t, to).ok_or_else(|| bad("range bound"))?,
+                    });
+                    return Ok(true);
                 }
                 let negate = *op == NFT_CMP_NEQ;
                 let s = match held {

@@ -421,7 +421,7 @@ impl DataType {
     }
 
     /// Bytes of a value.
-    pub fn len(self) -> usize {
+    pub fn byte_len(self) -> usize {
         match self {
             DataType::Ipv4Addr | DataType::Mark | DataType::Integer | DataType::CtState | DataType::FibAddrType => 4,
             DataType::Ipv6Addr => 16,

@@ -213,7 +213,7 @@ impl Nft {
             if t.req_str(wire::NFTA_TABLE_NAME)? == name.as_str() {
                 found = Some(
                     t.get(wire::NFTA_TABLE_USERDATA)
-                        .and_then(|u| encode::comment_from_udata_pub(u)),
+                        .and_then(encode::comment_from_udata_pub),
                 );
             }
         }

@@ -253,10 +253,10 @@ impl Encoded {
         let i = seq.wrapping_sub(self.first_seq).wrapping_sub(1) as usize;
         match self.msgs.get(i) {
             Some((what, items)) => {
-                if let Some(off) = offset {
-                    if let Some((_, item)) = items.iter().rev().find(|(start, _)| *start <= off as usize) {
-                        return format!("{item} (in {what})");
-                    }
+                if let Some(off) = offset
+                    && let Some((_, item)) = items.iter().rev().find(|(start, _)| *start <= off as usize)
+                {
+                    return format!("{item} (in {what})");
                 }
                 what.clone()
             }

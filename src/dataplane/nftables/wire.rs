@@ -564,10 +564,10 @@ mod tests {
     /// literals (with U suffixes), names defined earlier, `(x)`, `<<`, `+`, `|`.
     fn eval(expr: &str, known: &HashMap<String, i64>) -> Option<i64> {
         let e = expr.trim();
-        if let Some(inner) = e.strip_prefix('(').and_then(|s| s.strip_suffix(')')) {
-            if let Some(v) = eval(inner, known) {
-                return Some(v);
-            }
+        if let Some(inner) = e.strip_prefix('(').and_then(|s| s.strip_suffix(')'))
+            && let Some(v) = eval(inner, known)
+        {
+            return Some(v);
         }
         for op in ["|", "+", "<<"] {
             if let Some((a, b)) = e.rsplit_once(op) {
@@ -605,12 +605,11 @@ mod tests {
             let line = line.split("//").next().unwrap_or("").trim();
             if let Some(def) = line.strip_prefix("#define") {
                 let mut parts = def.trim().splitn(2, char::is_whitespace);
-                if let (Some(name), Some(val)) = (parts.next(), parts.next()) {
-                    if !name.contains('(') {
-                        if let Some(v) = eval(val, known) {
-                            known.insert(name.to_string(), v);
-                        }
-                    }
+                if let (Some(name), Some(val)) = (parts.next(), parts.next())
+                    && !name.contains('(')
+                    && let Some(v) = eval(val, known)
+                {
+                    known.insert(name.to_string(), v);
                 }
                 continue;
             }
