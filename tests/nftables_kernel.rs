@@ -92,7 +92,23 @@ fn a_refused_transaction_changes_nothing_and_names_the_object() {
     }
     assert!(fake.apply(&t).is_err());
 
-    // Nothing of either transaction stuck, and the generation did not move.
+    // A jump loop (dispatch -> service chain -> dispatch): ELOOP, found by
+    // the kernel's jump-graph validation.
+    let t = tx(vec![Op::AddRule {
+        chain: svc.chain(),
+        rule: Rule::new(vec![Stmt::Verdict(Verdict::Jump(name("services-dispatch")))]),
+        echo: false,
+    }]);
+    let err = nft.commit(&Batch::build(&t, &table).unwrap()).unwrap_err();
+    match &err {
+        // Kernel 6.18 says EMLINK when the new rule closes a loop (ELOOP
+        // when a commit-time validation finds one).
+        NftError::Refused { errno, .. } => assert!(*errno == 31 || *errno == 40, "{err}"),
+        other => panic!("{other}"),
+    }
+    assert!(fake.apply(&t).is_err());
+
+    // Nothing of these transactions stuck, and the generation did not move.
     assert_eq!(dump(&mut nft, &table), before);
     assert_eq!(nft.generation().unwrap(), gen_before);
 }

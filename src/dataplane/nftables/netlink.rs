@@ -393,6 +393,7 @@ pub fn errno_text(errno: i32) -> String {
         16 => "device or resource busy (object still in use)",
         17 => "file exists",
         22 => "invalid argument",
+        31 => "too many links (the jump would close a loop or nest too deep)",
         34 => "numerical result out of range",
         40 => "too many levels of symbolic links (a jump loop)",
         90 => "message too long",
