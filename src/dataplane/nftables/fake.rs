@@ -350,7 +350,9 @@ fn check_loops(t: &Table) -> Result<(), String> {
         done: &mut HashSet<&'a Name>,
     ) -> Result<(), String> {
         if stack.contains(&n) {
-            return Err(format!("jump loop through chain {n} (ELOOP)"));
+            return Err(format!(
+                "jump loop through chain {n} (ELOOP; kernel 6.18 says EMLINK when the rule is added)"
+            ));
         }
         if done.contains(n) {
             return Ok(());
