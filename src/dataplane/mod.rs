@@ -7,6 +7,7 @@
 pub mod addresses;
 pub mod conntrack;
 pub mod exec;
+pub mod frontends;
 pub mod iptables;
 pub mod ipvs;
 pub mod memory;
