@@ -17,6 +17,7 @@ fn setup(ns: &Netns) -> (Nft, FakeNft, Table) {
     let settings = Settings {
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         selection: Selection::Ranges,
+        variant: layout::Variant::PerService,
     };
     let table = layout::build(&layout::synthetic(20, 3), &settings);
     let mut nft = ns.nft();

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nft_support::Netns;
-use sliceproxy::dataplane::nftables::layout::{self, Selection, Settings, SvcSpec};
+use sliceproxy::dataplane::nftables::layout::{self, Selection, Settings, SvcSpec, Variant};
 use sliceproxy::dataplane::nftables::model::{TCP, UDP};
 use sliceproxy::dataplane::nftables::tx::Batch;
 
@@ -90,20 +90,30 @@ fn both_answer(client: &Netns, what: &str, ask: fn(SocketAddr) -> Option<String>
 
 #[test]
 fn clusterip_and_nodeport_reach_both_endpoints_modulus_selection() {
-    packets(Selection::Modulus);
+    packets(Selection::Modulus, Variant::PerService);
 }
 
 #[test]
 fn clusterip_and_nodeport_reach_both_endpoints_range_selection() {
-    packets(Selection::Ranges);
+    packets(Selection::Ranges, Variant::PerService);
 }
 
 #[test]
 fn clusterip_and_nodeport_reach_both_endpoints_concatenated_range_selection() {
-    packets(Selection::RangesConcat);
+    packets(Selection::RangesConcat, Variant::PerService);
 }
 
-fn packets(selection: Selection) {
+#[test]
+fn clusterip_and_nodeport_reach_both_endpoints_shared_pick_chains() {
+    packets(Selection::Modulus, Variant::Shared);
+}
+
+#[test]
+fn clusterip_and_nodeport_reach_both_endpoints_global_masquerade() {
+    packets(Selection::Modulus, Variant::PerServiceGlobalMasq);
+}
+
+fn packets(selection: Selection, variant: Variant) {
     let (client, node, pa, pb) = (Netns::new("pk"), Netns::new("pk"), Netns::new("pk"), Netns::new("pk"));
     // Links: node <-> client, node <-> each pod. Veth ends are created in
     // the node namespace and moved; nothing touches the root namespace.
@@ -148,6 +158,7 @@ fn packets(selection: Selection) {
     let settings = Settings {
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         selection,
+        variant,
     };
     let table = layout::build(&services, &settings);
     let mut nft = node.nft();

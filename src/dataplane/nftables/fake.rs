@@ -289,6 +289,114 @@ impl FakeNft {
     }
 }
 
+/// A fake shared between a backend (which owns one handle) and a test
+/// (which keeps another to look at the ruleset, inject drift or make the
+/// next commits fail).
+#[derive(Debug, Clone, Default)]
+pub struct SharedFake(pub std::sync::Arc<std::sync::Mutex<FakeState>>);
+
+/// What a [`SharedFake`] holds.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    /// The ruleset.
+    pub nft: FakeNft,
+    /// Refuse this many of the next commits (as the kernel would refuse a
+    /// bad transaction: nothing changes).
+    pub fail_next: usize,
+    /// Transactions accepted, in order.
+    pub committed: Vec<Transaction>,
+    /// Dumps served.
+    pub dumps: usize,
+}
+
+impl SharedFake {
+    /// An empty ruleset.
+    pub fn new() -> SharedFake {
+        let s = SharedFake::default();
+        s.lock().nft = FakeNft::new();
+        s
+    }
+
+    /// The state (panics if a holder panicked).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of a table, rules without handles, sets and chains by name.
+    pub fn table(&self, family: Family, name: &Name) -> Option<Table> {
+        self.lock().nft.table(family, name).cloned().map(normalized)
+    }
+}
+
+/// A table in a canonical form for comparisons: sets and chains sorted by
+/// name, elements sorted, rule handles dropped.
+pub fn normalized(mut t: Table) -> Table {
+    t.sets.sort_by(|a, b| a.name.cmp(&b.name));
+    for s in &mut t.sets {
+        s.elements.sort();
+    }
+    t.chains.sort_by(|a, b| a.name.cmp(&b.name));
+    for c in &mut t.chains {
+        for r in &mut c.rules {
+            r.handle = None;
+        }
+    }
+    t
+}
+
+impl super::kernel::NftKernel for SharedFake {
+    fn commit(&mut self, tx: &Transaction, known: &Table) -> Result<u32, NftError> {
+        // Encode as for the kernel: what the fake accepts must also encode.
+        super::tx::Batch::build(tx, known)?;
+        let mut st = self.lock();
+        if st.fail_next > 0 {
+            st.fail_next -= 1;
+            st.nft.attempts += 1;
+            return Err(NftError::FakeRefused("op 1: injected failure (EINVAL)".into()));
+        }
+        st.nft.apply(tx)?;
+        st.committed.push(tx.clone());
+        Ok(st.nft.generation())
+    }
+
+    fn generation(&mut self) -> Result<u32, NftError> {
+        Ok(self.lock().nft.generation())
+    }
+
+    fn dump(&mut self, family: Family, table: &Name) -> Result<Option<Table>, NftError> {
+        let mut st = self.lock();
+        st.dumps += 1;
+        Ok(st.nft.table(family, table).cloned())
+    }
+
+    fn exists(&mut self, family: Family, table: &Name) -> Result<bool, NftError> {
+        Ok(self.lock().nft.table(family, table).is_some())
+    }
+}
+
+impl FakeNft {
+    /// Change a table outside any transaction check (drift made by someone
+    /// else: the generation moves, as a foreign commit would move it).
+    pub fn tamper(&mut self, family: Family, name: &Name, f: impl FnOnce(&mut Table)) {
+        if let Some(t) = self.tables.get_mut(&(family, name.clone())) {
+            f(t);
+            self.generation += 1;
+        }
+    }
+
+    /// Add or replace a whole table (a foreign table, or one of ours left
+    /// by an earlier run).
+    pub fn put_table(&mut self, t: Table) {
+        self.tables.insert((t.family, t.name.clone()), t);
+        self.generation += 1;
+    }
+
+    /// Every table's family and name.
+    pub fn tables(&self) -> Vec<(Family, Name)> {
+        self.tables.keys().cloned().collect()
+    }
+}
+
 fn overlaps(a: &Element, b: &Element) -> bool {
     a.key.iter().zip(&b.key).all(|(x, y)| {
         let ((xl, xh), (yl, yh)) = (x.bounds(), y.bounds());
@@ -381,6 +489,7 @@ mod tests {
         Settings {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             selection: Selection::Modulus,
+            variant: layout::Variant::PerService,
         }
     }
 

@@ -327,6 +327,11 @@ impl Lowerer<'_> {
                 result: NFT_FIB_RESULT_ADDRTYPE,
                 flags: NFTA_FIB_F_DADDR,
             },
+            Expr::FibSaddrType => KExpr::Fib {
+                dreg,
+                result: NFT_FIB_RESULT_ADDRTYPE,
+                flags: NFTA_FIB_F_SADDR,
+            },
             Expr::Numgen { modulus } => KExpr::Numgen {
                 dreg,
                 modulus: *modulus,
@@ -540,6 +545,18 @@ impl Lowerer<'_> {
                     data: vec![0; 4],
                 });
             }
+            Stmt::CtStatusIn(bits) => {
+                self.out.push(KExpr::Ct {
+                    key: NFT_CT_STATUS,
+                    dreg: NFT_REG_1,
+                });
+                self.out.push(bitwise(*bits, 0));
+                self.out.push(KExpr::Cmp {
+                    sreg: NFT_REG_1,
+                    op: NFT_CMP_NEQ,
+                    data: vec![0; 4],
+                });
+            }
             Stmt::Lookup { key, set, negate } => {
                 let shape = self.shape(set)?.clone();
                 self.check_key(key, &shape.key, set)?;
@@ -569,6 +586,14 @@ impl Lowerer<'_> {
             Stmt::MarkOr(bits) => {
                 self.load(&Expr::MetaMark, 0)?;
                 self.out.push(bitwise(!*bits, *bits));
+                self.out.push(KExpr::MetaSet {
+                    key: NFT_META_MARK,
+                    sreg: NFT_REG_1,
+                });
+            }
+            Stmt::MarkXor(bits) => {
+                self.load(&Expr::MetaMark, 0)?;
+                self.out.push(bitwise(u32::MAX, *bits));
                 self.out.push(KExpr::MetaSet {
                     key: NFT_META_MARK,
                     sreg: NFT_REG_1,
@@ -825,6 +850,8 @@ enum Held {
     MapResult(Vec<Expr>, Name),
     /// Raw immediate bytes (typed later by their use).
     Bytes(Vec<u8>),
+    /// `ct status` (only ever masked and tested).
+    CtStatus,
 }
 
 struct Raiser<'a> {
@@ -930,16 +957,24 @@ impl Raiser<'_> {
             KExpr::Ct { key, dreg } => {
                 let e = match *key {
                     NFT_CT_STATE => Expr::CtState,
+                    NFT_CT_STATUS => {
+                        // Only as `ct status S`: held as the state's
+                        // shape, told apart by the key.
+                        self.put(*dreg, Held::CtStatus)?;
+                        return Ok(false);
+                    }
                     NFT_CT_MARK => Expr::CtMark,
                     other => return Err(bad(format!("ct key {other}"))),
                 };
                 self.put(*dreg, Held::Expr(e, 4))?;
             }
             KExpr::Fib { dreg, result, flags } => {
-                if (*result, *flags) != (NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR) {
-                    return Err(bad("fib other than daddr type"));
-                }
-                self.put(*dreg, Held::Expr(Expr::FibDaddrType, 4))?;
+                let e = match (*result, *flags) {
+                    (NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_DADDR) => Expr::FibDaddrType,
+                    (NFT_FIB_RESULT_ADDRTYPE, NFTA_FIB_F_SADDR) => Expr::FibSaddrType,
+                    _ => return Err(bad("fib other than daddr/saddr type")),
+                };
+                self.put(*dreg, Held::Expr(e, 4))?;
             }
             KExpr::Numgen {
                 dreg,
@@ -1062,6 +1097,9 @@ impl Raiser<'_> {
                         (Held::Expr(Expr::CtState, _), true) if negate && data.iter().all(|b| *b == 0) => {
                             Stmt::CtStateIn(u32_ne(&mask)?)
                         }
+                        (Held::CtStatus, true) if negate && data.iter().all(|b| *b == 0) => {
+                            Stmt::CtStatusIn(u32_ne(&mask)?)
+                        }
                         (Held::Expr(e @ (Expr::MetaMark | Expr::CtMark), _), true) => Stmt::Mask {
                             left: e,
                             mask: u32_ne(&mask)?,
@@ -1116,10 +1154,13 @@ impl Raiser<'_> {
             } => match self.get(*sreg)?.clone() {
                 Held::Masked(inner, mask, xor) if *inner == Held::Expr(Expr::MetaMark, 4) => {
                     let (m, x) = (u32_ne(&mask)?, u32_ne(&xor)?);
-                    if m != !x {
+                    if m == u32::MAX {
+                        self.stmts.push(Stmt::MarkXor(x));
+                    } else if m == !x {
+                        self.stmts.push(Stmt::MarkOr(x));
+                    } else {
                         return Err(bad("meta mark set with an unusual mask"));
                     }
-                    self.stmts.push(Stmt::MarkOr(x));
                 }
                 other => return Err(bad(format!("meta mark set from {other:?}"))),
             },

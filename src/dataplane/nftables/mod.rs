@@ -10,21 +10,28 @@
 //!   │     └── netlink::Nft  -> batches over NETLINK_NETFILTER, acks, GETGEN, dumps
 //!   └── fake::FakeNft       -> the same transactions applied to a copy, refusing what the kernel refuses
 //! ```
-//! The backend proper (phase 2) translates the shared frontend plan into a
-//! [`model::Table`] and [`tx::Transaction`]s; nothing here knows about
-//! Services.
+//! The backend ([`backend::NftablesDataplane`]) translates the shared
+//! frontend plan ([`ruleset`]) into that model and commits the difference
+//! through the kernel seam ([`kernel::NftKernel`]); [`render_script`] prints
+//! what a full sync on a fresh node loads.
 
+pub mod backend;
 pub mod encode;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
+pub mod kernel;
 pub mod layout;
 pub mod lower;
 pub mod maglev;
 pub mod model;
 pub mod netlink;
+pub mod ruleset;
 pub mod script;
 pub mod tx;
 pub mod wire;
+
+pub use backend::{NftablesConfig, NftablesDataplane, render_script};
+pub use ruleset::{NftSettings, Scheduler};
 
 /// Everything that can go wrong in the nftables layer.
 #[derive(Debug, thiserror::Error)]

@@ -555,6 +555,8 @@ pub enum Expr {
     CtMark,
     /// `fib daddr type`.
     FibDaddrType,
+    /// `fib saddr type` (`local`: the packet comes from this host).
+    FibSaddrType,
     /// `numgen random mod N`.
     Numgen {
         /// N.
@@ -588,7 +590,7 @@ impl Expr {
             Expr::MetaL4proto => DataType::InetProto,
             Expr::MetaMark | Expr::CtMark => DataType::Mark,
             Expr::CtState => DataType::CtState,
-            Expr::FibDaddrType => DataType::FibAddrType,
+            Expr::FibDaddrType | Expr::FibSaddrType => DataType::FibAddrType,
             Expr::Numgen { .. } | Expr::Jhash { .. } | Expr::Symhash { .. } => DataType::Integer,
             Expr::Const(v) => v.dtype(),
         }
@@ -719,6 +721,8 @@ pub enum Stmt {
     },
     /// `ct state S1,S2`: any of these conntrack states.
     CtStateIn(u32),
+    /// `ct status S1,S2`: any of these conntrack status bits (`dnat`).
+    CtStatusIn(u32),
     /// `KEY [!=] @SET`.
     Lookup {
         /// Key (a concatenation).
@@ -739,6 +743,8 @@ pub enum Stmt {
     Counter,
     /// `meta mark set meta mark | BITS`.
     MarkOr(u32),
+    /// `meta mark set meta mark ^ BITS`.
+    MarkXor(u32),
     /// `ct mark set VALUE`.
     CtMarkSet(u32),
     /// `dnat [family] to ...`.
@@ -766,6 +772,12 @@ pub enum Stmt {
     },
     /// A verdict.
     Verdict(Verdict),
+}
+
+/// `ct status` bits (`IPS_*`) we match.
+pub mod ct_status {
+    /// `dnat`: the connection's destination was translated.
+    pub const DNAT: u32 = 0x20;
 }
 
 /// `ct state` bits (`NF_CT_STATE_*` as nft writes them).

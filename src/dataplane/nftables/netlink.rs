@@ -200,6 +200,16 @@ impl Nft {
 }
 
 impl Nft {
+    /// Whether a table exists (a table dump: a handful of messages).
+    pub fn table_exists(&mut self, family: Family, name: &Name) -> Result<bool, NftError> {
+        for b in self.dump(wire::NFT_MSG_GETTABLE, family.nfproto(), &[])? {
+            if AttrTable::parse(&b, "table")?.req_str(wire::NFTA_TABLE_NAME)? == name.as_str() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Read our table back from the kernel: chains, rules (with handles),
     /// sets and elements, decoded into the model (`None` if the table does
     /// not exist). Anything in it that we would not have written is an

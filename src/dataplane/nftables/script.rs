@@ -61,6 +61,7 @@ pub fn expr(e: &Expr) -> String {
         Expr::CtState => "ct state".into(),
         Expr::CtMark => "ct mark".into(),
         Expr::FibDaddrType => "fib daddr type".into(),
+        Expr::FibSaddrType => "fib saddr type".into(),
         Expr::Numgen { modulus } => format!("numgen random mod {modulus}"),
         Expr::Jhash { keys, modulus, seed } => format!("jhash {} mod {modulus} seed {seed:#x}", concat(keys)),
         Expr::Symhash { modulus } => format!("symhash mod {modulus}"),
@@ -179,12 +180,26 @@ pub fn stmt(s: &Stmt) -> String {
             if *negate { "!=" } else { "==" }
         ),
         Stmt::CtStateIn(bits) => format!("ct state {}", ct_states(*bits)),
+        Stmt::CtStatusIn(bits) => {
+            let names = [(ct_status::DNAT, "dnat")];
+            let known: u32 = names.iter().map(|(b, _)| b).sum();
+            let mut words: Vec<String> = names
+                .iter()
+                .filter(|(b, _)| bits & b != 0)
+                .map(|(_, n)| n.to_string())
+                .collect();
+            if bits & !known != 0 {
+                words.push(format!("{:#x}", bits & !known));
+            }
+            format!("ct status {}", words.join(","))
+        }
         Stmt::Lookup { key, set, negate } => {
             format!("{} {}@{set}", concat(key), if *negate { "!= " } else { "" })
         }
         Stmt::Vmap { key, map } => format!("{} vmap @{map}", concat(key)),
         Stmt::Counter => "counter".into(),
         Stmt::MarkOr(bits) => format!("meta mark set meta mark | {bits:#010x}"),
+        Stmt::MarkXor(bits) => format!("meta mark set meta mark ^ {bits:#010x}"),
         Stmt::CtMarkSet(v) => format!("ct mark set {v:#010x}"),
         Stmt::Dnat(to) => nat("dnat", to),
         Stmt::Snat(to) => nat("snat", to),

@@ -270,6 +270,7 @@ uapi! {
     NFTA_FIB_FLAGS: u16 = 3;
     NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
     NFTA_FIB_F_DADDR: u32 = 2;
+    NFTA_FIB_F_SADDR: u32 = 1;
     // numgen
     NFTA_NG_DREG: u16 = 1;
     NFTA_NG_MODULUS: u16 = 2;
