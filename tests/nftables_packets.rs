@@ -188,3 +188,295 @@ fn packets(selection: Selection, variant: Variant) {
         let _ = t.join();
     }
 }
+
+// === Through the backend: model objects -> Tracker -> NftablesDataplane ===
+
+mod backend {
+    use std::collections::BTreeSet;
+    use std::net::IpAddr;
+
+    use serde_json::json;
+    use sliceproxy::dataplane::frontends::NodeSettings;
+    use sliceproxy::dataplane::nftables::{NftSettings, NftablesConfig, NftablesDataplane, Scheduler};
+    use sliceproxy::dataplane::{Dataplane, SyncScope};
+    use sliceproxy::model::IpFamily;
+    use sliceproxy::policy::NodeContext;
+    use sliceproxy::track::{ChangeSet, Tracker};
+
+    use super::nft_support::topology::{CLIENT, NODE_A, Outcome, Topology, service, slice};
+
+    /// The settings of node-a in the topology.
+    pub fn node_a_settings() -> NftSettings {
+        NftSettings {
+            node: NodeSettings::new(
+                &["10.244.0.0/16".parse().unwrap(), "fd00:244::/48".parse().unwrap()],
+                false,
+                &[
+                    NODE_A.parse().unwrap(),
+                    "192.168.60.10".parse().unwrap(),
+                    "fd00:50::10".parse().unwrap(),
+                ],
+            )
+            .with_service_cidrs(&["10.96.0.0/16".parse().unwrap(), "fd00:96::/108".parse().unwrap()]),
+            scheduler: Scheduler::Random,
+        }
+    }
+
+    /// Every Service of the matrix, tracked on node-a.
+    pub fn matrix() -> Tracker {
+        let mut t = Tracker::new(NodeContext::new("node-a"));
+        let port = |p: u16, np: Option<u16>, proto: &str| {
+            let mut v = json!({"name": "http", "port": p, "targetPort": 8080, "protocol": proto});
+            if let Some(np) = np {
+                v["nodePort"] = json!(np);
+            }
+            json!([v])
+        };
+        // Dual-stack NodePort with an external IP: pa1 and pb1 (v4), pa1 (v6).
+        t.apply_service(service(
+            "web",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                   "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
+                   "externalIPs": ["198.51.100.5"], "ports": port(80, Some(30080), "TCP")}),
+            None,
+        ));
+        t.apply_slice(slice(
+            "web",
+            "v4",
+            "IPv4",
+            "TCP",
+            &[("10.244.1.10", "node-a"), ("10.244.2.10", "node-b")],
+        ));
+        t.apply_slice(slice("web", "v6", "IPv6", "TCP", &[("fd00:244:1::10", "node-a")]));
+        // UDP.
+        t.apply_service(service(
+            "dns",
+            json!({"clusterIP": "10.96.0.53", "ports": port(53, None, "UDP")}),
+            None,
+        ));
+        t.apply_slice(slice(
+            "dns",
+            "v4",
+            "IPv4",
+            "UDP",
+            &[("10.244.1.10", "node-a"), ("10.244.2.10", "node-b")],
+        ));
+        // No endpoints at all.
+        t.apply_service(service(
+            "empty",
+            json!({"clusterIP": "10.96.0.20", "ports": port(80, None, "TCP")}),
+            None,
+        ));
+        // externalTrafficPolicy: Local, the only endpoint on node-b.
+        t.apply_service(service(
+            "local",
+            json!({"type": "NodePort", "clusterIP": "10.96.0.21", "externalTrafficPolicy": "Local",
+                   "ports": port(80, Some(30081), "TCP")}),
+            None,
+        ));
+        t.apply_slice(slice("local", "v4", "IPv4", "TCP", &[("10.244.2.10", "node-b")]));
+        // Load balancers: one admits the client, one does not.
+        for (name, cip, lb, np, range) in [
+            ("lb-ok", "10.96.0.22", "203.0.113.10", 30082, "192.168.50.100/32"),
+            ("lb-deny", "10.96.0.23", "203.0.113.11", 30083, "10.0.0.0/8"),
+        ] {
+            t.apply_service(service(
+                name,
+                json!({"type": "LoadBalancer", "clusterIP": cip, "loadBalancerSourceRanges": [range],
+                       "ports": port(80, Some(np), "TCP")}),
+                Some(json!({"loadBalancer": {"ingress": [{"ip": lb}]}})),
+            ));
+            t.apply_slice(slice(name, "v4", "IPv4", "TCP", &[("10.244.1.10", "node-a")]));
+        }
+        // ClientIP affinity over three endpoints.
+        t.apply_service(service(
+            "sticky",
+            json!({"clusterIP": "10.96.0.30", "sessionAffinity": "ClientIP",
+                   "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                   "ports": port(80, None, "TCP")}),
+            None,
+        ));
+        t.apply_slice(slice(
+            "sticky",
+            "v4",
+            "IPv4",
+            "TCP",
+            &[
+                ("10.244.1.10", "node-a"),
+                ("10.244.1.20", "node-a"),
+                ("10.244.2.10", "node-b"),
+            ],
+        ));
+        // A pod reaching itself through a cluster IP (hairpin).
+        t.apply_service(service(
+            "self",
+            json!({"clusterIP": "10.96.0.40", "ports": port(80, None, "TCP")}),
+            None,
+        ));
+        t.apply_slice(slice("self", "v4", "IPv4", "TCP", &[("10.244.1.10", "node-a")]));
+        t
+    }
+
+    fn pods(outcomes: &[Outcome]) -> BTreeSet<String> {
+        outcomes.iter().filter_map(|o| o.pod().map(str::to_string)).collect()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Every outcome answered, by exactly `want` (each at least once).
+    #[track_caller]
+    fn served_by(what: &str, outcomes: &[Outcome], want: &[&str]) {
+        assert!(
+            outcomes.iter().all(|o| o.pod().is_some()) && pods(outcomes) == set(want),
+            "{what}: {outcomes:?}, want answers from {want:?}"
+        );
+    }
+
+    fn seen(o: &Outcome) -> IpAddr {
+        match o {
+            Outcome::Answered(_, ip) => *ip,
+            other => panic!("no answer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_frontend_kind_through_the_backend() {
+        let topo = Topology::new("bk");
+        let mut t = matrix();
+        let mut dp = NftablesDataplane::new(
+            Box::new(topo.node.nft()),
+            NftablesConfig::new(vec![IpFamily::V4, IpFamily::V6], node_a_settings()),
+        );
+        dp.sync(t.table(), &SyncScope::Full).expect("full sync");
+        let (client, pa1, pa2) = (&topo.client, topo.pod("pa1"), topo.pod("pa2"));
+        let client_ip: IpAddr = CLIENT.parse().unwrap();
+
+        // ClusterIP from outside the cluster CIDR: both endpoints, masqueraded.
+        let o = topo.ask_n(client, "tcp", "10.96.0.10:80", 24);
+        served_by("ClusterIP from the client", &o, &["pa1", "pb1"]);
+        assert!(o.iter().all(|o| seen(o) != client_ip), "masqueraded: {o:?}");
+        // From a pod: not masqueraded.
+        let o = topo.ask_n(pa2, "tcp", "10.96.0.10:80", 24);
+        served_by("ClusterIP from a pod", &o, &["pa1", "pb1"]);
+        assert!(
+            o.iter().all(|o| seen(o) == "10.244.1.20".parse::<IpAddr>().unwrap()),
+            "{o:?}"
+        );
+        // NodePort on the node's address, external IP.
+        served_by(
+            "NodePort",
+            &topo.ask_n(client, "tcp", "192.168.50.10:30080", 24),
+            &["pa1", "pb1"],
+        );
+        served_by(
+            "external IP",
+            &topo.ask_n(client, "tcp", "198.51.100.5:80", 24),
+            &["pa1", "pb1"],
+        );
+        // IPv6 cluster IP.
+        served_by(
+            "IPv6 ClusterIP",
+            &topo.ask_n(client, "tcp", "[fd00:96::10]:80", 4),
+            &["pa1"],
+        );
+        // UDP.
+        served_by(
+            "UDP ClusterIP",
+            &topo.ask_n(pa2, "udp", "10.96.0.53:53", 24),
+            &["pa1", "pb1"],
+        );
+        // Unknown port of a cluster IP: refused; unallocated cluster IP: dropped.
+        assert_eq!(
+            topo.ask(client, "tcp", "10.96.0.10:81"),
+            Outcome::Refused,
+            "unknown port"
+        );
+        assert_eq!(
+            topo.ask(client, "tcp", "10.96.0.99:80"),
+            Outcome::TimedOut,
+            "unallocated"
+        );
+        // No endpoints: refused (TCP and UDP).
+        assert_eq!(
+            topo.ask(client, "tcp", "10.96.0.20:80"),
+            Outcome::Refused,
+            "no endpoints"
+        );
+        // ETP=Local without a local endpoint: the node port drops; the
+        // cluster IP (Cluster policy inside) still serves.
+        assert_eq!(
+            topo.ask(client, "tcp", "192.168.50.10:30081"),
+            Outcome::TimedOut,
+            "ETP=Local"
+        );
+        served_by(
+            "ETP=Local service's ClusterIP",
+            &topo.ask_n(pa2, "tcp", "10.96.0.21:80", 4),
+            &["pb1"],
+        );
+        // Load-balancer source ranges.
+        served_by(
+            "LB admitted",
+            &topo.ask_n(client, "tcp", "203.0.113.10:80", 4),
+            &["pa1"],
+        );
+        assert_eq!(
+            topo.ask(client, "tcp", "203.0.113.11:80"),
+            Outcome::TimedOut,
+            "LB source range"
+        );
+        // ClientIP affinity: every connection from one client to one backend.
+        let o = topo.ask_n(client, "tcp", "10.96.0.30:80", 12);
+        assert!(
+            o.iter().all(|o| o.pod().is_some()) && pods(&o).len() == 1,
+            "affinity: {o:?}"
+        );
+        // Hairpin: pa1 reaches itself through a cluster IP, masqueraded.
+        let o = topo.ask_n(pa1, "tcp", "10.96.0.40:80", 4);
+        served_by("hairpin", &o, &["pa1"]);
+        assert!(
+            o.iter().all(|o| seen(o) != "10.244.1.10".parse::<IpAddr>().unwrap()),
+            "{o:?}"
+        );
+
+        // A partial sync: pb1 leaves web; only pa1 answers. Then web has no
+        // endpoints: refused; then pb1 is back.
+        let c = t.apply_slice(slice("web", "v4", "IPv4", "TCP", &[("10.244.1.10", "node-a")]));
+        dp.sync(t.table(), &SyncScope::Partial(c)).expect("partial sync");
+        served_by(
+            "after pb1 left",
+            &topo.ask_n(client, "tcp", "10.96.0.10:80", 12),
+            &["pa1"],
+        );
+        let c = t.apply_slice(slice("web", "v4", "IPv4", "TCP", &[]));
+        dp.sync(t.table(), &SyncScope::Partial(c)).expect("partial sync");
+        assert_eq!(
+            topo.ask(client, "tcp", "10.96.0.10:80"),
+            Outcome::Refused,
+            "no endpoints left"
+        );
+        let mut c = ChangeSet::new();
+        c.merge(t.apply_slice(slice(
+            "web",
+            "v4",
+            "IPv4",
+            "TCP",
+            &[("10.244.1.10", "node-a"), ("10.244.2.10", "node-b")],
+        )));
+        dp.sync(t.table(), &SyncScope::Partial(c)).expect("partial sync");
+        served_by(
+            "pb1 back",
+            &topo.ask_n(client, "tcp", "192.168.50.10:30080", 24),
+            &["pa1", "pb1"],
+        );
+
+        dp.cleanup().expect("cleanup");
+        assert_eq!(
+            topo.node.must(&["nft", "list", "ruleset"]).trim(),
+            "",
+            "cleanup leaves nothing"
+        );
+    }
+}

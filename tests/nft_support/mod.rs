@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use nix::sched::{CloneFlags, setns};
 use sliceproxy::dataplane::nftables::netlink::Nft;
 
+pub mod topology;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// One namespace, deleted on drop.
