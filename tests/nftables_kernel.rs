@@ -132,3 +132,137 @@ fn the_generation_moves_on_every_commit_and_only_then() {
     ns.must(&["nft", "add", "table", "ip", "someone-else"]);
     assert_ne!(nft.generation().unwrap(), done.generation);
 }
+
+// === The backend's drift check, restart and cleanup on the real kernel ===
+
+mod backend {
+    use sliceproxy::dataplane::nftables::backend::repair_ops;
+    use sliceproxy::dataplane::nftables::model::name;
+    use sliceproxy::dataplane::nftables::ruleset::{TABLE, table_family};
+    use sliceproxy::dataplane::nftables::{NftablesConfig, NftablesDataplane};
+    use sliceproxy::dataplane::{Dataplane, SyncScope};
+    use sliceproxy::model::IpFamily;
+
+    use super::nft_support::Netns;
+    use super::nft_support::topology::{matrix, node_a_settings};
+
+    fn backend(ns: &Netns) -> NftablesDataplane {
+        NftablesDataplane::new(
+            Box::new(ns.nft()),
+            NftablesConfig::new(vec![IpFamily::V4, IpFamily::V6], node_a_settings()),
+        )
+    }
+
+    /// The kernel holds exactly what the backend's image says (a dump,
+    /// compared object by object).
+    #[track_caller]
+    fn kernel_equals_image(ns: &Netns, dp: &NftablesDataplane) {
+        let mut nft = ns.nft();
+        for f in IpFamily::ALL {
+            let have = nft.dump_table(table_family(f), &name(TABLE)).unwrap();
+            let want = dp.image_table(f).unwrap();
+            let diff = repair_ops(have.as_ref(), &want).unwrap();
+            assert!(diff.is_empty(), "{f}: kernel and image differ: {diff:#?}");
+        }
+    }
+
+    fn table_handle(ns: &Netns) -> String {
+        let out = ns.must(&["nft", "-a", "list", "table", "ip", "sliceproxy"]);
+        out.lines().next().unwrap().to_string()
+    }
+
+    #[test]
+    fn drift_is_found_by_the_generation_and_only_the_difference_is_repaired() {
+        let ns = Netns::new("drift");
+        let t = matrix();
+        let mut dp = backend(&ns);
+        dp.sync(t.table(), &SyncScope::Full).unwrap();
+        assert_eq!(dp.last_full.how, "created");
+        kernel_equals_image(&ns, &dp);
+
+        // Nobody committed since: GETGEN only, nothing dumped or written.
+        dp.sync(t.table(), &SyncScope::Full).unwrap();
+        assert_eq!(dp.last_full.how, "untouched");
+        assert_eq!(dp.last_full.transactions, 0);
+
+        // Someone else's table: the generation moves, ours is checked and
+        // found intact; theirs is not touched.
+        ns.must(&["nft", "add", "table", "ip", "foreign"]);
+        ns.must(&["nft", "add", "chain", "ip", "foreign", "c"]);
+        dp.sync(t.table(), &SyncScope::Full).unwrap();
+        assert_eq!(dp.last_full.how, "checked");
+        assert_eq!(dp.last_full.changes, 0, "{:?}", dp.last_full);
+
+        // Someone edits our table: a dispatch element deleted, a chain
+        // flushed, a rule added, an element added. Repaired, and only that.
+        ns.must(&[
+            "nft",
+            "delete",
+            "element",
+            "ip",
+            "sliceproxy",
+            "service-ips",
+            "{ 10.96.0.10 . tcp . 80 }",
+        ]);
+        ns.must(&["nft", "flush", "chain", "ip", "sliceproxy", "reject-chain"]);
+        ns.must(&[
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "sliceproxy",
+            "services-dispatch",
+            "counter",
+            "accept",
+        ]);
+        ns.must(&[
+            "nft",
+            "add",
+            "element",
+            "ip",
+            "sliceproxy",
+            "cluster-ips",
+            "{ 10.96.7.7 }",
+        ]);
+        let handle = table_handle(&ns);
+        dp.sync(t.table(), &SyncScope::Full).unwrap();
+        assert_eq!(dp.last_full.how, "checked");
+        assert!(
+            dp.last_full.changes > 0 && dp.last_full.changes < 20,
+            "only the difference: {:?}",
+            dp.last_full
+        );
+        kernel_equals_image(&ns, &dp);
+        assert_eq!(table_handle(&ns), handle, "repaired in place, not recreated");
+        // After the repair our own commit is the last: untouched again.
+        dp.sync(t.table(), &SyncScope::Full).unwrap();
+        assert_eq!(dp.last_full.how, "untouched");
+
+        // Someone deletes our whole table: recreated.
+        ns.must(&["nft", "delete", "table", "ip", "sliceproxy"]);
+        dp.sync(t.table(), &SyncScope::Full).unwrap();
+        assert_eq!(dp.last_full.how, "checked");
+        kernel_equals_image(&ns, &dp);
+
+        // Cleanup deletes our tables and nothing else.
+        dp.cleanup().unwrap();
+        let left = ns.must(&["nft", "list", "tables"]);
+        assert_eq!(left.trim(), "table ip foreign", "{left}");
+    }
+
+    #[test]
+    fn a_restarted_agent_adopts_its_table_in_place() {
+        let ns = Netns::new("restart");
+        let t = matrix();
+        let mut first = backend(&ns);
+        first.sync(t.table(), &SyncScope::Full).unwrap();
+        drop(first);
+        let handle = table_handle(&ns);
+        let mut second = backend(&ns);
+        second.sync(t.table(), &SyncScope::Full).unwrap();
+        assert_eq!(second.last_full.how, "adopted");
+        assert_eq!(second.last_full.changes, 0, "{:?}", second.last_full);
+        assert_eq!(table_handle(&ns), handle, "the same table: no gap in service");
+        kernel_equals_image(&ns, &second);
+    }
+}

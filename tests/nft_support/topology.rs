@@ -22,7 +22,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sliceproxy::dataplane::frontends::NodeSettings;
+use sliceproxy::dataplane::nftables::{NftSettings, Scheduler};
 use sliceproxy::model::{Service, Slice};
+use sliceproxy::policy::NodeContext;
+use sliceproxy::track::Tracker;
 use sliceproxy::watch::convert;
 
 use super::Netns;
@@ -355,4 +359,118 @@ pub fn slice(service: &str, suffix: &str, family: &str, proto: &str, eps: &[(&st
     convert::slice(&obj)
         .expect("EndpointSlice converts")
         .expect("EndpointSlice programs something")
+}
+
+// === The matrix of Services used by the packet, kernel and render tests ===
+
+/// The settings of node-a in the topology.
+pub fn node_a_settings() -> NftSettings {
+    NftSettings {
+        node: NodeSettings::new(
+            &["10.244.0.0/16".parse().unwrap(), "fd00:244::/48".parse().unwrap()],
+            false,
+            &[
+                NODE_A.parse().unwrap(),
+                "192.168.60.10".parse().unwrap(),
+                "fd00:50::10".parse().unwrap(),
+            ],
+        )
+        .with_service_cidrs(&["10.96.0.0/16".parse().unwrap(), "fd00:96::/108".parse().unwrap()]),
+        scheduler: Scheduler::Random,
+    }
+}
+
+/// Every Service of the matrix, tracked on node-a.
+pub fn matrix() -> Tracker {
+    let mut t = Tracker::new(NodeContext::new("node-a"));
+    let port = |p: u16, np: Option<u16>, proto: &str| {
+        let mut v = json!({"name": "http", "port": p, "targetPort": 8080, "protocol": proto});
+        if let Some(np) = np {
+            v["nodePort"] = json!(np);
+        }
+        json!([v])
+    };
+    // Dual-stack NodePort with an external IP: pa1 and pb1 (v4), pa1 (v6).
+    t.apply_service(service(
+        "web",
+        json!({"type": "NodePort", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+               "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
+               "externalIPs": ["198.51.100.5"], "ports": port(80, Some(30080), "TCP")}),
+        None,
+    ));
+    t.apply_slice(slice(
+        "web",
+        "v4",
+        "IPv4",
+        "TCP",
+        &[("10.244.1.10", "node-a"), ("10.244.2.10", "node-b")],
+    ));
+    t.apply_slice(slice("web", "v6", "IPv6", "TCP", &[("fd00:244:1::10", "node-a")]));
+    // UDP.
+    t.apply_service(service(
+        "dns",
+        json!({"clusterIP": "10.96.0.53", "ports": port(53, None, "UDP")}),
+        None,
+    ));
+    t.apply_slice(slice(
+        "dns",
+        "v4",
+        "IPv4",
+        "UDP",
+        &[("10.244.1.10", "node-a"), ("10.244.2.10", "node-b")],
+    ));
+    // No endpoints at all.
+    t.apply_service(service(
+        "empty",
+        json!({"clusterIP": "10.96.0.20", "ports": port(80, None, "TCP")}),
+        None,
+    ));
+    // externalTrafficPolicy: Local, the only endpoint on node-b.
+    t.apply_service(service(
+        "local",
+        json!({"type": "NodePort", "clusterIP": "10.96.0.21", "externalTrafficPolicy": "Local",
+               "ports": port(80, Some(30081), "TCP")}),
+        None,
+    ));
+    t.apply_slice(slice("local", "v4", "IPv4", "TCP", &[("10.244.2.10", "node-b")]));
+    // Load balancers: one admits the client, one does not.
+    for (name, cip, lb, np, range) in [
+        ("lb-ok", "10.96.0.22", "203.0.113.10", 30082, "192.168.50.100/32"),
+        ("lb-deny", "10.96.0.23", "203.0.113.11", 30083, "10.0.0.0/8"),
+    ] {
+        t.apply_service(service(
+            name,
+            json!({"type": "LoadBalancer", "clusterIP": cip, "loadBalancerSourceRanges": [range],
+                   "ports": port(80, Some(np), "TCP")}),
+            Some(json!({"loadBalancer": {"ingress": [{"ip": lb}]}})),
+        ));
+        t.apply_slice(slice(name, "v4", "IPv4", "TCP", &[("10.244.1.10", "node-a")]));
+    }
+    // ClientIP affinity over three endpoints.
+    t.apply_service(service(
+        "sticky",
+        json!({"clusterIP": "10.96.0.30", "sessionAffinity": "ClientIP",
+               "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+               "ports": port(80, None, "TCP")}),
+        None,
+    ));
+    t.apply_slice(slice(
+        "sticky",
+        "v4",
+        "IPv4",
+        "TCP",
+        &[
+            ("10.244.1.10", "node-a"),
+            ("10.244.1.20", "node-a"),
+            ("10.244.2.10", "node-b"),
+        ],
+    ));
+    // A pod reaching itself through a cluster IP (hairpin).
+    t.apply_service(service(
+        "self",
+        json!({"clusterIP": "10.96.0.40", "ports": port(80, None, "TCP")}),
+        None,
+    ));
+    t.apply_slice(slice("self", "v4", "IPv4", "TCP", &[("10.244.1.10", "node-a")]));
+    t
 }

@@ -267,6 +267,13 @@ impl Nft {
             fam,
             &table_filter(wire::NFTA_CHAIN_TABLE, name.as_str()),
         )? {
+            // The kernel ignores the table filter of a chain dump (no
+            // `.start` for GETCHAIN dumps, unlike sets and rules): every
+            // table's chains come back, and another table's chain names
+            // need not be names we would write. Skip them unread.
+            if AttrTable::parse(&b, "chain")?.req_str(wire::NFTA_CHAIN_TABLE)? != name.as_str() {
+                continue;
+            }
             let (chain, _) = encode::chain_from_attrs(&b)?;
             table.chains.push(chain);
         }
