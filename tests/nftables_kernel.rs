@@ -264,5 +264,9 @@ mod backend {
         assert_eq!(second.last_full.changes, 0, "{:?}", second.last_full);
         assert_eq!(table_handle(&ns), handle, "the same table: no gap in service");
         kernel_equals_image(&ns, &second);
+        // The adoption vouched for the generation: the next periodic sync
+        // is a GETGEN only.
+        second.sync(t.table(), &SyncScope::Full).unwrap();
+        assert_eq!(second.last_full.how, "untouched");
     }
 }

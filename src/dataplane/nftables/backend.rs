@@ -83,8 +83,12 @@ pub struct NftablesDataplane {
     settings: NftSettings,
     families: Vec<FamilyState>,
     node_ports: Option<AddressSource>,
-    /// The generation our last commit produced (drift check).
+    /// The generation our last commit produced, or that a full sync found
+    /// the table matching the image at (drift check).
     last_generation: Option<u32>,
+    /// Commits so far (a full sync that commits nothing vouches for the
+    /// generation it read).
+    commits: u64,
     chunk: usize,
     /// Set after each full sync.
     pub last_full: FullSyncReport,
@@ -659,6 +663,7 @@ impl NftablesDataplane {
             families,
             node_ports: None,
             last_generation: None,
+            commits: 0,
             chunk: config.chunk.max(1),
             last_full: FullSyncReport::default(),
         }
@@ -690,6 +695,7 @@ impl NftablesDataplane {
         }
         let generation = self.kernel.commit(tx, known).map_err(refused)?;
         self.last_generation = Some(generation);
+        self.commits += 1;
         Ok(())
     }
 
@@ -787,6 +793,7 @@ impl NftablesDataplane {
         }
         let generation = self.kernel.generation().map_err(refused)?;
         let drifted = self.last_generation != Some(generation);
+        let commits_before = self.commits;
         let keys = self.all_keys(table);
         let mut report = FullSyncReport {
             how: "untouched",
@@ -822,6 +829,13 @@ impl NftablesDataplane {
                 report.transactions += 1;
                 report.changes += changes;
             }
+        }
+        if self.commits == commits_before {
+            // Nothing written: the table was found (by a dump where the
+            // generation had moved) or known to match the image at the
+            // generation read above. A commit by anyone after that read
+            // moves the generation again, so the next check still sees it.
+            self.last_generation = Some(generation);
         }
         self.last_full = report;
         Ok(stats)

@@ -354,6 +354,12 @@ fn a_table_left_by_an_earlier_run_is_adopted_without_a_gap() {
     let before = committed(&fake);
     b2.sync(t2.table(), &SyncScope::Full).unwrap();
     assert_eq!(b2.last_full.how, "adopted");
+    // Nothing else committed since the adoption: the next full sync reads
+    // the generation and nothing more.
+    let dumps = fake.lock().dumps;
+    b2.sync(t2.table(), &SyncScope::Full).unwrap();
+    assert_eq!(b2.last_full.how, "untouched");
+    assert_eq!(fake.lock().dumps, dumps);
     let ops = ops_of(&fake, before);
     assert!(
         !ops.iter().any(|o| matches!(o, Op::DeleteTable | Op::AddTable { .. })),
