@@ -421,18 +421,28 @@ impl FamilyState {
             }
             d.refs.insert(key, after.max(0) as u32);
         }
+        let mut after_use = self.shapes.clone();
         for (shape, delta) in shapes_delta {
             if delta == 0 {
                 continue;
             }
             let before = i64::from(self.shapes.get(&shape).copied().unwrap_or(0));
-            let after = before + delta;
-            if before == 0 && after > 0 {
-                d.ops.add_shapes.push(ruleset::shape_chain(&shape, f, settings));
-            } else if before > 0 && after == 0 {
-                d.ops.del_shapes.push(shape.chain());
+            let after = (before + delta).max(0) as u32;
+            if after == 0 {
+                after_use.remove(&shape);
+            } else {
+                after_use.insert(shape, after);
             }
-            d.shapes.insert(shape, after.max(0) as u32);
+            d.shapes.insert(shape, after);
+        }
+        // The chains held: the shapes in use and their spares.
+        let held_before = ruleset::chains_for(self.shapes.keys().copied());
+        let held_after = ruleset::chains_for(after_use.keys().copied());
+        for shape in held_after.difference(&held_before) {
+            d.ops.add_shapes.push(ruleset::shape_chain(shape, f, settings));
+        }
+        for shape in held_before.difference(&held_after) {
+            d.ops.del_shapes.push(shape.chain());
         }
         d
     }
@@ -588,8 +598,8 @@ impl FamilyState {
         own_sets.sort_by(|a, b| a.name.cmp(&b.name));
         t.sets.extend(own_sets);
         t.chains.extend(
-            self.shapes
-                .keys()
+            ruleset::chains_for(self.shapes.keys().copied())
+                .iter()
                 .map(|s| ruleset::shape_chain(s, self.family, settings)),
         );
         own_chains.sort_by(|a, b| a.name.cmp(&b.name));

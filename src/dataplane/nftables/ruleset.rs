@@ -19,7 +19,7 @@
 //! dynamic set of recent clients per endpoint), so such a service port gets
 //! its own chains and sets, as in kube-proxy.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -724,6 +724,50 @@ fn treatment_rules(
 }
 
 /// The chain of a shape.
+/// The smallest band of endpoint counts kept ready per kind of shape.
+pub const SPARE_BAND: u32 = 16;
+
+/// The shared chains a table holds for the shapes in use: those, and for
+/// every single-count shape kind (random selection, one endpoint set, no
+/// short-circuit) the same chain for every count from 1 up to a band
+/// (at least [`SPARE_BAND`], the next power of two above the largest count
+/// in use). Why: a new chain brings a `dnat` rule, and a rule with such an
+/// expression makes the kernel re-validate the whole table at commit,
+/// walking every element of the dispatch maps (37-39 ms at 10,000
+/// services, measured), while re-pointing a dispatch element to a chain
+/// that exists costs about what a service addition does (2.5 ms). Spare
+/// chains are unreachable, so validation never walks them; a count change
+/// inside the band never creates a chain. A function of the shapes in use
+/// alone, so a full sync from scratch builds the same set.
+pub fn chains_for(in_use: impl IntoIterator<Item = Shape>) -> BTreeSet<Shape> {
+    let mut out = BTreeSet::new();
+    let mut kinds: BTreeMap<Shape, u32> = BTreeMap::new();
+    for shape in in_use {
+        out.insert(shape);
+        if let Some(p) = shape.default
+            && !shape.hashed
+            && shape.pods.is_none()
+            && shape.node.is_none()
+        {
+            let kind = Shape {
+                default: Some(PickRef { set: p.set, slots: 0 }),
+                ..shape
+            };
+            let max = kinds.entry(kind).or_default();
+            *max = (*max).max(p.slots);
+        }
+    }
+    for (kind, max) in kinds {
+        let band = SPARE_BAND.max((max + 1).next_power_of_two());
+        let set = kind.default.expect("single-count kinds have a default").set;
+        out.extend((1..=band).map(|slots| Shape {
+            default: Some(PickRef { set, slots }),
+            ..kind
+        }));
+    }
+    out
+}
+
 pub fn shape_chain(shape: &Shape, f: IpFamily, settings: &NftSettings) -> Chain {
     let pick = |set: SetKind, slots: u32| Pick::Shared {
         via: shape.via,

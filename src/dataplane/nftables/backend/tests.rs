@@ -123,14 +123,34 @@ fn a_cold_sync_creates_the_rendered_tables() {
     assert!(v6.set(&SetId::ServiceIps.name()).unwrap().elements.is_empty());
     // One shared chain serves all three services (same shape: 2 endpoints,
     // cluster IP masqueraded from outside the cluster CIDR), one more for
-    // their node ports.
-    let shared: Vec<String> = kernel_table(&fake)
+    // their node ports; each with its spares for 1..=16 endpoints, and
+    // only the two in use reachable from the dispatch maps.
+    let table = kernel_table(&fake);
+    let shared: Vec<String> = table
         .chains
         .iter()
         .filter(|c| c.name.as_str().starts_with("fwd-"))
         .map(|c| c.name.to_string())
         .collect();
-    assert_eq!(shared, ["fwd-ip-out-c2", "fwd-np-all-c2"]);
+    let mut want: Vec<String> = (1..=ruleset::SPARE_BAND)
+        .flat_map(|n| [format!("fwd-ip-out-c{n}"), format!("fwd-np-all-c{n}")])
+        .collect();
+    want.sort();
+    let mut got = shared.clone();
+    got.sort();
+    assert_eq!(got, want);
+    let mut reached: Vec<String> = table
+        .sets
+        .iter()
+        .flat_map(|s| s.elements.iter())
+        .filter_map(|e| match &e.data {
+            Some(ElemData::Verdict(VerdictData::Goto(c))) if c.as_str().starts_with("fwd-") => Some(c.to_string()),
+            _ => None,
+        })
+        .collect();
+    reached.sort();
+    reached.dedup();
+    assert_eq!(reached, ["fwd-ip-out-c2", "fwd-np-all-c2"]);
 }
 
 #[test]
@@ -198,32 +218,45 @@ fn a_count_change_repoints_dispatch_elements_to_another_shared_chain() {
     let c = eps(&mut t, "s2", &["10.244.1.2", "10.244.2.2", "10.244.3.2"]);
     b.sync(t.table(), &SyncScope::Partial(c)).unwrap();
     let ops = ops_of(&fake, n);
-    // New shared chains for 3 endpoints; nothing per service.
-    let chains: Vec<String> = ops
+    // The 3-endpoint chains exist already (spares): only elements change,
+    // no chain or rule is added or deleted (no table-wide validation).
+    assert!(
+        ops.iter()
+            .all(|o| matches!(o, Op::AddElements { .. } | Op::DeleteElements { .. })),
+        "{ops:#?}"
+    );
+    let repointed: Vec<String> = ops
         .iter()
         .filter_map(|o| match o {
-            Op::AddChain(c) => Some(c.name.to_string()),
+            Op::AddElements { elements, .. } => Some(elements),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|e| match &e.data {
+            Some(ElemData::Verdict(VerdictData::Goto(c))) => Some(c.to_string()),
             _ => None,
         })
         .collect();
-    assert_eq!(chains, ["fwd-ip-out-c3", "fwd-np-all-c3"]);
-    assert!(
-        !ops.iter().any(|o| matches!(o, Op::DeleteChain(_))),
-        "others still use the 2-endpoint chains"
-    );
+    assert_eq!(repointed, ["fwd-ip-out-c3", "fwd-np-all-c3"]);
     assert_eq!(kernel_table(&fake), fresh_full(&t));
-    // Back to two: the 3-endpoint chains go.
+    // Back to two: still no chain changes.
     let n = committed(&fake);
     let c = eps(&mut t, "s2", &["10.244.1.2", "10.244.2.2"]);
     b.sync(t.table(), &SyncScope::Partial(c)).unwrap();
-    let deleted: Vec<String> = ops_of(&fake, n)
-        .iter()
-        .filter_map(|o| match o {
-            Op::DeleteChain(c) => Some(c.to_string()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(deleted, ["fwd-ip-out-c3", "fwd-np-all-c3"]);
+    assert!(
+        ops_of(&fake, n)
+            .iter()
+            .all(|o| matches!(o, Op::AddElements { .. } | Op::DeleteElements { .. }))
+    );
+    assert_eq!(kernel_table(&fake), fresh_full(&t));
+    // Beyond the band (17 endpoints): the band grows to 32 once.
+    let n = committed(&fake);
+    let many: Vec<String> = (1..=17).map(|i| format!("10.244.{i}.2")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let c = eps(&mut t, "s2", &refs);
+    b.sync(t.table(), &SyncScope::Partial(c)).unwrap();
+    let added = ops_of(&fake, n).iter().filter(|o| matches!(o, Op::AddChain(_))).count();
+    assert_eq!(added, 2 * 16, "17..=32 for the cluster IP and the node port kinds");
     assert_eq!(kernel_table(&fake), fresh_full(&t));
 }
 
