@@ -296,7 +296,42 @@ fn run(c: &mut Criterion, n: usize, test_mode: bool, report: &mut Vec<String>) {
     ));
 }
 
+/// Steady-state memory, measured in a child process of its own (this
+/// process also holds criterion's samples and the freed-but-kept memory of
+/// the cold loads): RSS after building the tracker, then after a full sync
+/// of a backend holding its image, then after a periodic full sync.
+fn rss_child(n: usize) {
+    let ns = Netns::new("rss");
+    let base = rss_mb();
+    let t = cluster(n);
+    let tracker = rss_mb();
+    let mut dp = backend(&ns);
+    dp.sync(t.table(), &SyncScope::Full).unwrap();
+    let synced = rss_mb();
+    dp.sync(t.table(), &SyncScope::Full).unwrap();
+    println!(
+        "RSS {n}: at start {base:.1} MB, with the tracker {tracker:.1} MB, with the backend after a full sync {synced:.1} MB, after a periodic full sync {:.1} MB",
+        rss_mb()
+    );
+}
+
+fn rss_in_child(n: usize) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("NFT_BENCH_RSS_CHILD", n.to_string())
+        .output()
+        .expect("child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("RSS"))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("RSS {n}: child failed: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
 fn main() {
+    if let Some(n) = std::env::var("NFT_BENCH_RSS_CHILD").ok().and_then(|v| v.parse().ok()) {
+        rss_child(n);
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     let sizes: Vec<usize> = std::env::var("NFT_BENCH_SIZES")
         .ok()
@@ -307,6 +342,7 @@ fn main() {
     let sizes = if test_mode { vec![50] } else { sizes };
     let mut report = vec![format!("load average at start: {}", load())];
     for &n in &sizes {
+        report.push(rss_in_child(n));
         run(&mut c, n, test_mode, &mut report);
         report.push(format!("load average after {n}: {}", load()));
     }

@@ -31,6 +31,9 @@ use super::model::{Family, Name, Table};
 use super::tx::Batch;
 use super::wire::{self, AttrTable, AttrWriter};
 
+/// Receive buffer of a dump: larger than the kernel's largest dump skb.
+const DUMP_BUFFER: usize = 64 * 1024;
+
 /// Socket buffers big enough for the acknowledgements of a large batch.
 const SOCKET_BUFFER: usize = 32 << 20;
 
@@ -173,8 +176,21 @@ impl Nft {
         let req = wire::message(wire::nft_type(msg), NLM_F_REQUEST | NLM_F_DUMP, seq, family, 0, attrs);
         self.socket.send(&req, 0)?;
         let mut out = Vec::new();
+        // Receive into a large buffer, never an exact-size one: the kernel
+        // sizes each dump skb by the largest buffer we ever passed to
+        // recvmsg (`max_recvmsg_len`, capped at 32 KiB), else a page. Each
+        // continuation of a set-element dump walks the set again from the
+        // start, skipping what was sent, so small skbs make a dump of a big
+        // map quadratic.
+        let mut buf: Vec<u8> = Vec::with_capacity(DUMP_BUFFER);
         loop {
-            let (buf, _) = self.socket.recv_from_full()?;
+            buf.clear();
+            let n = self.socket.recv(&mut buf, 0)?;
+            if n > buf.len() {
+                return Err(NftError::Decode(format!(
+                    "a dump message of {n} bytes exceeds the {DUMP_BUFFER}-byte buffer"
+                )));
+            }
             for m in wire::split(&buf)? {
                 if m.seq != seq {
                     continue;
