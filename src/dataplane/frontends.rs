@@ -17,7 +17,7 @@
 //! the cluster CIDR" as one `! -s CIDR` rule, IPVS as an ipset membership.
 //! [`Treatment::verdict`] answers for one client class.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -28,13 +28,17 @@ use crate::policy::{PortPlan, TopologyMode};
 /// The node's settings that shape frontends beyond the plan. One value for
 /// the whole node, shared by every mode, `render` and `diagnose`.
 ///
-/// Settings still to come join here: the service CIDRs (the nftables mode
-/// rejects unknown ports and drops unallocated addresses inside them) and
-/// node ports on localhost (`--iptables-localhost-nodeports`).
+/// A mode may ignore a setting it cannot program (IPVS has no use for the
+/// service CIDRs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeSettings {
     /// `--masquerade-all`: SNAT every connection to a cluster IP.
     pub masquerade_all: bool,
+    /// Serve node ports on IPv4 loopback (`127.0.0.0/8`) too, as kube-proxy's
+    /// iptables mode does with `--iptables-localhost-nodeports`: needs
+    /// `route_localnet`, so it is off unless a mode's configuration asks.
+    /// The plan lists `127.0.0.1` as the frontend that stands for the range.
+    pub localhost_node_ports: bool,
     /// Per family, `[IPv4, IPv6]`.
     pub families: [FamilySettings; 2],
 }
@@ -49,6 +53,12 @@ pub struct FamilySettings {
     pub cluster_cidrs: Vec<IpNet>,
     /// Node addresses of this family that serve node ports (never loopback).
     pub node_port_addresses: Vec<IpAddr>,
+    /// The ranges cluster IPs are allocated from (`--service-cluster-ip-range`
+    /// or ServiceCIDR objects). Where a mode can, connections to an address
+    /// inside them that no Service holds are dropped, and to an unknown
+    /// port of a cluster IP refused, as upstream's nftables mode does.
+    /// Empty: no such rules.
+    pub service_cidrs: Vec<IpNet>,
 }
 
 impl NodeSettings {
@@ -56,6 +66,7 @@ impl NodeSettings {
     pub fn new(cluster_cidrs: &[IpNet], masquerade_all: bool, node_port_addresses: &[IpAddr]) -> NodeSettings {
         let mut settings = NodeSettings {
             masquerade_all,
+            localhost_node_ports: false,
             families: Default::default(),
         };
         for f in IpFamily::ALL {
@@ -67,6 +78,24 @@ impl NodeSettings {
         }
         settings.set_node_port_addresses(node_port_addresses);
         settings
+    }
+
+    /// The same settings with these service CIDRs (families mixed).
+    pub fn with_service_cidrs(mut self, cidrs: &[IpNet]) -> NodeSettings {
+        for f in IpFamily::ALL {
+            self.families[f.index()].service_cidrs = cidrs
+                .iter()
+                .filter(|c| IpFamily::of(&c.addr()) == f)
+                .map(|c| c.trunc())
+                .collect();
+        }
+        self
+    }
+
+    /// The same settings with node ports on localhost on or off.
+    pub fn with_localhost_node_ports(mut self, on: bool) -> NodeSettings {
+        self.localhost_node_ports = on;
+        self
     }
 
     /// Replace the node-port addresses (families mixed), e.g. after the
@@ -452,6 +481,9 @@ impl<'a> FrontendPlan<'a> {
                         .filter(|a| IpFamily::of(a) == family)
                         .map(|a| at(FrontendKind::NodePort, *a, np, false)),
                 );
+                if settings.localhost_node_ports && family == IpFamily::V4 {
+                    frontends.push(at(FrontendKind::NodePort, IpAddr::V4(Ipv4Addr::LOCALHOST), np, false));
+                }
             }
             let filtered = !fe.source_ranges.is_empty();
             frontends.extend(

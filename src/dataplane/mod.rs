@@ -13,6 +13,7 @@ pub mod iptables;
 pub mod ipvs;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
+pub mod nftables;
 pub mod xtables;
 
 use std::time::Duration;
@@ -65,6 +66,8 @@ pub enum Operation {
     Ipvs,
     /// rtnetlink: the IPVS mode's dummy interface and its addresses.
     Links,
+    /// An nf_tables netlink transaction (the nftables mode's table).
+    NfTables,
     /// A failure injected by a test dataplane.
     Injected,
 }
@@ -79,6 +82,7 @@ impl Operation {
             Operation::Ipset => "ipset",
             Operation::Ipvs => "netlink",
             Operation::Links => "rtnetlink",
+            Operation::NfTables => "nf_tables",
             Operation::Injected => "memory",
         }
     }

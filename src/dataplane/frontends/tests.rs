@@ -518,6 +518,45 @@ fn sets_in_use_and_frontend_order() {
     assert!(fp.cluster.is_some() && fp.local.is_none() && fp.external.is_none());
 }
 
+#[test]
+fn localhost_node_ports_add_one_ipv4_loopback_frontend() {
+    let p = plan_for(json!({"type": "NodePort"}), json!([ep("10.0.1.1", "node-a")]), None);
+    let s = settings(true, false).with_localhost_node_ports(true);
+    let fp = FrontendPlan::new(&p, IpFamily::V4, &s).unwrap();
+    let node_ports: Vec<String> = fp
+        .frontends_of(FrontendKind::NodePort)
+        .map(|f| f.socket().to_string())
+        .collect();
+    assert_eq!(node_ports, ["192.168.50.10:30080", "127.0.0.1:30080"]);
+    // Its treatment is the external one: node sources are masqueraded
+    // (a 127.0.0.1 source cannot leave the node).
+    let lo = fp.frontends_of(FrontendKind::NodePort).last().unwrap();
+    assert_eq!(
+        lo.verdict(ClientClass::Node),
+        Verdict::Forward {
+            set: SetKind::Cluster,
+            masquerade: true
+        }
+    );
+    // Off by default.
+    let fp = FrontendPlan::new(&p, IpFamily::V4, &settings(true, false)).unwrap();
+    assert_eq!(fp.frontends_of(FrontendKind::NodePort).count(), 1);
+}
+
+#[test]
+fn service_cidrs_are_split_by_family_and_truncated() {
+    let s =
+        settings(true, false).with_service_cidrs(&["10.96.0.7/16".parse().unwrap(), "fd00:96::/108".parse().unwrap()]);
+    assert_eq!(
+        s.family(IpFamily::V4).service_cidrs,
+        ["10.96.0.0/16".parse::<IpNet>().unwrap()]
+    );
+    assert_eq!(
+        s.family(IpFamily::V6).service_cidrs,
+        ["fd00:96::/108".parse::<IpNet>().unwrap()]
+    );
+}
+
 // === Property: the plan agrees with the oracle ===
 
 fn info_strategy() -> impl Strategy<Value = ServicePortInfo> {
