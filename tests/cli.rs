@@ -258,11 +258,26 @@ fn render_iptables_rules_match_golden_for_both_families() {
 }
 
 #[test]
-fn render_rules_of_a_mode_without_a_backend_exits_2() {
+fn render_nftables_prints_the_script_of_a_full_sync_for_both_families() {
     let mut args = EXAMPLE.to_vec();
     args.extend(["--proxy-mode", "nftables"]);
     let out = sliceproxy(&args);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("table ip sliceproxy") && text.contains("table ip6 sliceproxy"),
+        "script:\n{text}"
+    );
+    golden("nftables-node-a-cli.nft", &text);
+    let mut args = EXAMPLE.to_vec();
+    args.extend(["--proxy-mode", "nftables", "--ip-family", "ipv6"]);
+    let out = sliceproxy(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        !text.contains("table ip sliceproxy") && text.contains("table ip6 sliceproxy"),
+        "script:\n{text}"
+    );
 }
 
 #[test]

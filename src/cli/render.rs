@@ -46,8 +46,9 @@ pub fn run(args: RenderArgs) -> ExitCode {
     };
     if args.flags.proxy_mode.is_some() {
         let family = match args.ip_family {
-            Some(FamilyArg::Ipv6) => IpFamily::V6,
-            _ => IpFamily::V4,
+            Some(FamilyArg::Ipv6) => Some(IpFamily::V6),
+            Some(FamilyArg::Ipv4) => Some(IpFamily::V4),
+            None => None,
         };
         match build::render_rules(&config, table, family, &opts.settings) {
             Ok(text) => print!("{text}"),

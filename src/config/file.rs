@@ -35,6 +35,8 @@ pub(super) struct FileModeSection {
     pub(super) masquerade_all: Option<bool>,
     pub(super) sync_period: FileDuration,
     pub(super) min_sync_period: FileDuration,
+    /// `nftables.scheduler` only (a sliceproxy extension).
+    pub(super) scheduler: Option<String>,
 }
 
 /// `ipvs:`.
@@ -130,6 +132,7 @@ pub(super) fn read_file_config(text: &str, file: &str, warnings: &mut Vec<String
                         "masqueradeAll" => section.masquerade_all = want_bool(v, path)?,
                         "syncPeriod" => section.sync_period = want_duration(v, path)?,
                         "minSyncPeriod" => section.min_sync_period = want_duration(v, path)?,
+                        "scheduler" if key == "nftables" => section.scheduler = want_str(v, path)?,
                         _ if ignored.contains(&sub) => ignored_field(v, path, warnings),
                         _ => warnings.push(unknown_field(path)),
                     }

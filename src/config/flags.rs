@@ -82,6 +82,11 @@ pub struct ProxyFlags {
     #[arg(long = "metrics-bind-address", value_name = "HOST:PORT")]
     pub metrics_bind_address: Option<String>,
 
+    /// nftables mode: how an endpoint is picked, random (default, as kube-proxy)
+    /// or maglev (consistent hashing; a sliceproxy extension).
+    #[arg(long = "nftables-scheduler", value_name = "NAME")]
+    pub nftables_scheduler: Option<String>,
+
     /// IPVS scheduler: rr (default), wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq or mh.
     #[arg(long = "ipvs-scheduler", value_name = "NAME")]
     pub ipvs_scheduler: Option<String>,

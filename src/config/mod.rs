@@ -105,6 +105,27 @@ fn invalid(field: impl Into<String>, value: impl Into<String>, reason: impl Into
     }
 }
 
+/// How the nftables mode picks an endpoint for a new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NftablesScheduler {
+    /// Uniformly at random, as kube-proxy does (`random`, the default).
+    #[default]
+    Random,
+    /// Consistent hashing over a Maglev table (`maglev`): removing one of N
+    /// endpoints moves about 1/N of new flows instead of most of them.
+    Maglev,
+}
+
+impl NftablesScheduler {
+    fn parse(s: &str, field: &str) -> Result<NftablesScheduler, ConfigError> {
+        match s.trim() {
+            "" | "random" => Ok(NftablesScheduler::Random),
+            "maglev" => Ok(NftablesScheduler::Maglev),
+            _ => Err(invalid(field, s, "must be random or maglev (blank means random)")),
+        }
+    }
+}
+
 /// IPVS settings (used by a later issue; parse and validate them now).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpvsConfig {
@@ -182,6 +203,9 @@ pub struct Config {
     pub metrics_bind_address: Option<SocketAddr>,
     /// IPVS settings.
     pub ipvs: IpvsConfig,
+    /// How the nftables mode picks an endpoint (`--nftables-scheduler`, file
+    /// `nftables.scheduler`; a sliceproxy extension, kube-proxy has none).
+    pub nftables_scheduler: NftablesScheduler,
     /// Clean up rules and exit.
     pub cleanup: bool,
     /// The `--config` file this was read from, if any.
@@ -370,6 +394,12 @@ impl Config {
         }
         .filter(|p| !p.as_os_str().is_empty());
 
+        let nftables_scheduler = match (&flags.nftables_scheduler, &file.nftables.scheduler) {
+            (Some(s), _) => NftablesScheduler::parse(s, "--nftables-scheduler")?,
+            (None, Some(s)) => NftablesScheduler::parse(s, "nftables.scheduler")?,
+            (None, None) => NftablesScheduler::Random,
+        };
+
         let config = Config {
             kubeconfig,
             master: flags.master.clone().filter(|m| !m.trim().is_empty()),
@@ -383,6 +413,7 @@ impl Config {
             healthz_bind_address,
             metrics_bind_address,
             ipvs,
+            nftables_scheduler,
             cleanup: flags.cleanup.unwrap_or(false),
             config_file,
         };

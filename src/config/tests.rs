@@ -140,6 +140,7 @@ fn defaults() {
                 udp_timeout: Duration::ZERO,
                 exclude_cidrs: vec![],
             },
+            nftables_scheduler: NftablesScheduler::Random,
             cleanup: false,
             config_file: None,
         }
@@ -803,4 +804,24 @@ fn proxy_mode_display_and_from_str() {
     assert!("".parse::<ProxyMode>().is_err());
     assert!("IPVS".parse::<ProxyMode>().is_err());
     assert_eq!(serde_json::to_string(&ProxyMode::Ipvs).unwrap(), "\"ipvs\"");
+}
+
+#[test]
+fn nftables_scheduler_from_flag_or_file_flag_wins_and_bad_values_name_the_field() {
+    let (c, _) = resolve(&flags(&[]), Some(&doc("nftables: {scheduler: maglev}")));
+    assert_eq!(c.nftables_scheduler, NftablesScheduler::Maglev);
+    let (c, _) = resolve(
+        &flags(&["--nftables-scheduler=random"]),
+        Some(&doc("nftables: {scheduler: maglev}")),
+    );
+    assert_eq!(c.nftables_scheduler, NftablesScheduler::Random);
+    let (c, _) = resolve(&flags(&["--nftables-scheduler", "maglev"]), None);
+    assert_eq!(c.nftables_scheduler, NftablesScheduler::Maglev);
+    let err = resolve_err(&["--nftables-scheduler=rr"], None).to_string();
+    assert!(
+        err.contains("--nftables-scheduler") && err.contains("random or maglev"),
+        "{err}"
+    );
+    let err = resolve_err(&[], Some(&doc("nftables: {scheduler: mh}"))).to_string();
+    assert!(err.contains("nftables.scheduler"), "{err}");
 }

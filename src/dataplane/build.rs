@@ -15,8 +15,10 @@ use super::ipvs::kernel::{IpvsKernel, UnsupportedIpvs};
 use super::ipvs::link::RtLinks;
 use super::ipvs::netlink::{IpvsClient, IpvsError};
 use super::ipvs::{IpvsDataplane, IpvsDataplaneConfig};
+use super::nftables::netlink::Nft;
+use super::nftables::{NftError, NftSettings, NftablesConfig, NftablesDataplane, Scheduler, render_script};
 use super::xtables::{self, Tools, Variant};
-use crate::config::Config;
+use crate::config::{Config, NftablesScheduler};
 use crate::model::{IpFamily, ProxyMode};
 use crate::netaddr::{AddressReader, NodePortSource};
 use crate::track::BackendTable;
@@ -24,12 +26,9 @@ use crate::track::BackendTable;
 /// A mode's dataplane could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// The mode has no dataplane in this build.
-    #[error("--proxy-mode {0}: this build has no {0} dataplane yet; `sliceproxy render` shows what it would program")]
-    NotBuilt(ProxyMode),
-    /// `render --proxy-mode` cannot print the mode's rules.
-    #[error("--proxy-mode {0}: this build cannot print {0} rules yet")]
-    CannotRender(ProxyMode),
+    /// The kernel's nf_tables interface is missing or refused us.
+    #[error("--proxy-mode nftables: {0}")]
+    Nftables(#[from] NftError),
     /// The kernel's IPVS interface is missing or refused us.
     #[error("--proxy-mode ipvs: {0}")]
     Ipvs(#[from] IpvsError),
@@ -46,8 +45,35 @@ pub enum BuildError {
 
 /// The order `--cleanup` removes the modes' state in: IPVS first, because
 /// its jumps from the built-in chains lead to its own chains, which the
-/// iptables mode's cleanup must not find still referenced.
-pub const CLEANUP_ORDER: [ProxyMode; 2] = [ProxyMode::Ipvs, ProxyMode::Iptables];
+/// iptables mode's cleanup must not find still referenced; the nftables
+/// mode's tables reference nothing else and go last.
+pub const CLEANUP_ORDER: [ProxyMode; 3] = [ProxyMode::Ipvs, ProxyMode::Iptables, ProxyMode::Nftables];
+
+/// The nftables mode's settings from configuration.
+pub fn nft_settings(config: &Config, node: NodeSettings) -> NftSettings {
+    NftSettings {
+        node,
+        scheduler: match config.nftables_scheduler {
+            NftablesScheduler::Random => Scheduler::Random,
+            NftablesScheduler::Maglev => Scheduler::Maglev,
+        },
+    }
+}
+
+/// The nftables mode's families: those the cluster CIDRs name; without
+/// them, IPv4 and, where the kernel has IPv6, IPv6.
+fn nft_families(config: &Config) -> Vec<IpFamily> {
+    let mut families: Vec<IpFamily> = config.cluster_cidrs.iter().map(|c| IpFamily::of(&c.addr())).collect();
+    families.sort();
+    families.dedup();
+    if families.is_empty() {
+        families.push(IpFamily::V4);
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            families.push(IpFamily::V6);
+        }
+    }
+    families
+}
 
 /// The node's settings from configuration, with these node-port addresses
 /// (a backend with a [`NodePortSource`] replaces them at every full sync).
@@ -145,27 +171,46 @@ fn build_mode(config: &Config, mode: ProxyMode) -> Result<Box<dyn Dataplane>, Bu
                 cfg,
             )))
         }
-        ProxyMode::Nftables => Err(BuildError::NotBuilt(mode)),
+        ProxyMode::Nftables => {
+            let kernel = Nft::open()?;
+            let families = nft_families(config);
+            let mut source = node_port_source(config)?;
+            tracing::info!(?families, scheduler = ?config.nftables_scheduler, "nftables mode");
+            let cfg = NftablesConfig::new(families, nft_settings(config, node_settings(config, &[])));
+            Ok(Box::new(
+                NftablesDataplane::new(Box::new(kernel), cfg)
+                    .with_node_port_addresses(Box::new(move || source.read(&[]).map_err(|e| e.to_string()))),
+            ))
+        }
     }
 }
 
-/// The rules a full sync of the configured mode writes for `family` on a
-/// fresh node, as text (`render --proxy-mode`).
+/// The rules a full sync of the configured mode writes on a fresh node, as
+/// text (`render --proxy-mode`): for `family`, or without one, IPv4 in the
+/// xtables modes (one restore input per family) and every family in the
+/// nftables mode (one script loads both tables).
 pub fn render_rules(
     config: &Config,
     table: &BackendTable,
-    family: IpFamily,
+    family: Option<IpFamily>,
     settings: &NodeSettings,
 ) -> Result<String, BuildError> {
+    let one = family.unwrap_or(IpFamily::V4);
     match config.mode {
-        ProxyMode::Iptables => Ok(IptablesDataplane::render_full(table, family, settings)),
+        ProxyMode::Iptables => Ok(IptablesDataplane::render_full(table, one, settings)),
         ProxyMode::Ipvs => Ok(IpvsDataplane::render_full(
             table,
-            family,
+            one,
             settings,
             config.ipvs.effective_scheduler(),
         )),
-        mode @ ProxyMode::Nftables => Err(BuildError::CannotRender(mode)),
+        ProxyMode::Nftables => {
+            let families = match family {
+                Some(f) => vec![f],
+                None => IpFamily::ALL.to_vec(),
+            };
+            Ok(render_script(table, &families, &nft_settings(config, settings.clone())))
+        }
     }
 }
 

@@ -35,7 +35,7 @@ use crate::model::{IpFamily, Protocol, ServicePortKey};
 pub const TABLE: &str = "sliceproxy";
 /// Written as the table's comment; a table of ours with another comment was
 /// written by another layout version and is replaced, not patched.
-pub const TABLE_COMMENT: &str = "sliceproxy service rules, layout 2; do not edit";
+pub const TABLE_COMMENT: &str = "sliceproxy service rules (layout 2), do not edit";
 /// The packet mark bit that asks for masquerading (kube-proxy's 0x4000).
 pub const MASQ_MARK: u32 = 0x4000;
 /// Most clients a ClientIP-affinity set remembers per endpoint.
