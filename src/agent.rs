@@ -19,6 +19,9 @@ use crate::watch::{self, WatchConfig};
 
 /// Run the agent for `config` until SIGTERM; the process's exit status.
 pub fn run(config: Config) -> ExitCode {
+    for (mode, e) in build::cleanup_other_modes(&config) {
+        tracing::warn!(%mode, error = %e, "could not remove what another proxy mode left on this node");
+    }
     let dataplane = match build::build(&config) {
         Ok(d) => d,
         Err(e) => {

@@ -298,8 +298,16 @@ async fn packets_flow_through_iptables_mode() {
         "--metrics-bind-address",
         "",
     ];
+    // What an nftables-mode agent left on this node (a node switched modes):
+    // the iptables agent removes it at startup, as kube-proxy does.
+    cluster.run("node-a", &["nft", "add", "table", "ip", "sliceproxy"]);
     let mut agent = AgentProcess::start(&node_a, &args, &log);
     agent.wait_for_log("synced", 1, Duration::from_secs(60));
+    let tables = String::from_utf8_lossy(&cluster.exec("node-a", &["nft", "list", "tables"]).stdout).into_owned();
+    assert!(
+        !tables.contains("sliceproxy"),
+        "the nftables mode's table is still there:\n{tables}"
+    );
 
     // --- The packet-flow matrix.
     let (ca, cl) = ("a1", "client");

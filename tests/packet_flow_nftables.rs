@@ -285,8 +285,22 @@ async fn packets_flow_through_nftables_mode() {
         "--metrics-bind-address",
         "",
     ];
+    // What an iptables-mode agent left on this node (a node switched modes):
+    // the nftables agent removes it at startup, as kube-proxy does.
+    cluster.run("node-a", &["iptables", "-t", "nat", "-N", "SP-SERVICES"]);
+    cluster.run("node-a", &["iptables", "-t", "nat", "-N", "SP-SVC-LEFTOVER"]);
+    cluster.run(
+        "node-a",
+        &["iptables", "-t", "nat", "-A", "SP-SERVICES", "-j", "SP-SVC-LEFTOVER"],
+    );
     let mut agent = AgentProcess::start(&node_a, &args, &log);
     agent.wait_for_log("synced", 1, Duration::from_secs(60));
+    let save = String::from_utf8_lossy(&cluster.exec("node-a", &["iptables-save", "-t", "nat"]).stdout).into_owned();
+    assert!(
+        !save.contains("SP-"),
+        "the iptables mode's leftovers are still there:\n{save}\nagent log:\n{}",
+        tail(&agent.log())
+    );
 
     // --- The packet-flow matrix.
     let (ca, cl) = ("a1", "client");

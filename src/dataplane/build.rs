@@ -214,6 +214,47 @@ pub fn render_rules(
     }
 }
 
+/// The modes whose leftovers an agent in `mode` removes at startup, as
+/// kube-proxy's `platformCleanup` does: an nftables agent removes what the
+/// iptables and IPVS modes left (a node switched from either), an
+/// iptables or IPVS agent removes our nftables tables. The iptables and IPVS
+/// modes share the xtables layer and leave each other alone, like upstream.
+pub fn other_modes(mode: ProxyMode) -> &'static [ProxyMode] {
+    match mode {
+        ProxyMode::Nftables => &[ProxyMode::Ipvs, ProxyMode::Iptables],
+        ProxyMode::Iptables | ProxyMode::Ipvs => &[ProxyMode::Nftables],
+    }
+}
+
+/// Remove what the [`other_modes`] of the configured mode left on this node
+/// (agent startup). A mode whose kernel interface is missing has nothing to
+/// remove; failures are returned to be logged, never fatal: the agent's own
+/// mode is what matters.
+pub fn cleanup_other_modes(config: &Config) -> Vec<(ProxyMode, String)> {
+    // Built as for `--cleanup`: a kernel without IPVS then has an empty IPVS
+    // table instead of an error.
+    let cleanup = Config {
+        cleanup: true,
+        ..config.clone()
+    };
+    let mut failed = Vec::new();
+    for &mode in other_modes(config.mode) {
+        let result = match build_mode(&cleanup, mode) {
+            Ok(mut d) => d.cleanup().map_err(|e| e.to_string()),
+            // No nf_tables in this kernel: no table of ours either.
+            Err(BuildError::Nftables(e)) => {
+                tracing::debug!(error = %e, "no nf_tables: nothing to clean up");
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            failed.push((mode, e));
+        }
+    }
+    failed
+}
+
 /// `--cleanup`: like kube-proxy's, remove what every mode created, whatever
 /// `--proxy-mode` says, so a node that switches modes keeps nothing stale.
 /// Every mode is attempted; returns the modes that failed, with why.
