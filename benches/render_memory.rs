@@ -30,6 +30,8 @@ struct Run {
 /// Run the binary with its output discarded; its own peak RSS.
 fn measure(args: &[&str]) -> Run {
     let start = Instant::now();
+    // Reaped by `wait4` below, which also gives the child's peak RSS.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_sliceproxy"))
         .args(args)
         .stdout(Stdio::null())

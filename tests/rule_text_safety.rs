@@ -5,6 +5,7 @@
 //!   namespace this test creates and deletes (`input-<pid>-<n>`), and
 //! - holds no rule outside our own `SP-` chains except jumps from the
 //!   built-in chains into them;
+//!
 //! and an object whose name carries a newline is refused at conversion,
 //! so its text never reaches a rule.
 //!
@@ -20,8 +21,8 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use sliceproxy::dataplane::iptables::IptablesDataplane;
 use sliceproxy::dataplane::frontends::NodeSettings;
+use sliceproxy::dataplane::iptables::IptablesDataplane;
 use sliceproxy::model::IpFamily;
 use sliceproxy::policy::NodeContext;
 use sliceproxy::snapshot::RenderInput;

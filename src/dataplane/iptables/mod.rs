@@ -17,7 +17,7 @@ use rules::{DispatchRule, OwnChain, PortRules};
 use super::exec::{Exec, ToolError};
 use super::frontends::{FrontendPlan, NodeSettings};
 use super::xtables::{self, ChainOwner, Jump, Table, Tools, Variant, shell_words};
-use super::{Dataplane, DataplaneError, SyncScope, SyncStats};
+use super::{Dataplane, DataplaneError, Drift, SyncScope, SyncStats};
 use crate::model::{IpFamily, ServicePortKey};
 use crate::netaddr::NodePortSource;
 use crate::track::BackendTable;
@@ -400,6 +400,43 @@ impl FamilyState {
         Ok(out)
     }
 
+    /// The periodic drift check: our canary chain in each table, then the
+    /// jumps from the built-in chains (one `-S` per built-in chain). Neither
+    /// lists our thousands of service chains. `None`: nothing drifted (or
+    /// nothing was programmed yet, the first full sync is owed anyway).
+    fn check_drift(&self, exec: &mut dyn Exec) -> Result<Option<String>, DataplaneError> {
+        if self.discover {
+            return Ok(None);
+        }
+        for table in [Table::Nat, Table::Filter] {
+            match self.tools.list(exec, table, rules::CANARY) {
+                Ok(_) => {}
+                Err(ToolError::Failed { stderr, .. }) => {
+                    return Ok(Some(format!(
+                        "{} {} table: canary chain {} is gone ({})",
+                        self.family,
+                        table.name(),
+                        rules::CANARY,
+                        stderr.trim()
+                    )));
+                }
+                Err(e) => return Err(xtables_error(self.family, e)),
+            }
+        }
+        let missing = missing_jumps(&self.list_builtins(exec)?);
+        if let Some(j) = missing.first() {
+            return Ok(Some(format!(
+                "{} {} table: {} jump(s) from built-in chains missing, first {} {}",
+                self.family,
+                j.table.name(),
+                missing.len(),
+                j.from,
+                j.spec
+            )));
+        }
+        Ok(None)
+    }
+
     fn full_sync(
         &mut self,
         exec: &mut dyn Exec,
@@ -574,6 +611,15 @@ impl Dataplane for IptablesDataplane {
             fam.cleanup(self.exec.as_mut())?;
         }
         Ok(())
+    }
+
+    fn check_drift(&mut self) -> Result<Drift, DataplaneError> {
+        for fam in &self.families {
+            if let Some(what) = fam.check_drift(self.exec.as_mut())? {
+                return Ok(Drift::Found(what));
+            }
+        }
+        Ok(Drift::None)
     }
 }
 

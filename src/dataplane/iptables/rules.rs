@@ -42,6 +42,12 @@ pub const EXTERNAL_SERVICES: &str = "SP-EXTERNAL-SERVICES";
 pub const FIREWALL: &str = "SP-FIREWALL";
 /// filter: forwarding of service traffic.
 pub const FORWARD: &str = "SP-FORWARD";
+/// An empty chain in each of our tables that nothing jumps to, as
+/// kube-proxy's `KUBE-PROXY-CANARY`: it exists from our first full sync on,
+/// so when it is gone someone flushed or deleted the table's chains and the
+/// drift check asks for a full sync. One `-S` of it is the cheapest look at
+/// a table there is.
+pub const CANARY: &str = "SP-CANARY";
 /// The masquerade mark bit (kube-proxy's default, bit 14).
 pub const MASQ_MARK: &str = "0x4000/0x4000";
 
@@ -444,6 +450,10 @@ pub fn static_chains(table: Table, cfg: &FamilySettings) -> Vec<OwnChain> {
     match table {
         Table::Nat => vec![
             OwnChain {
+                name: CANARY.into(),
+                rules: Vec::new(),
+            },
+            OwnChain {
                 name: SERVICES.into(),
                 rules: Vec::new(),
             },
@@ -481,6 +491,10 @@ pub fn static_chains(table: Table, cfg: &FamilySettings) -> Vec<OwnChain> {
             },
         ],
         Table::Filter => vec![
+            OwnChain {
+                name: CANARY.into(),
+                rules: Vec::new(),
+            },
             OwnChain {
                 name: SERVICES.into(),
                 rules: Vec::new(),

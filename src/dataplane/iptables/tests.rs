@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::fake::FakeIptables;
 use super::*;
-use crate::dataplane::SyncScope;
+use crate::dataplane::{Drift, SyncScope};
 use crate::policy::NodeContext;
 use crate::testutil::*;
 use crate::track::{ChangeSet, Tracker};
@@ -517,3 +517,51 @@ fn chains_of_the_ipvs_mode_are_not_taken_for_stale_ones() {
         .expect("a referenced SP-IPVS chain must not be deleted");
     assert!(fake.rules("nat", "SP-IPVS-SERVICES").is_some());
 }
+
+#[test]
+fn drift_check_sees_a_missing_canary_or_jump_with_a_few_cheap_commands() {
+    let t = cluster(3);
+    let (mut b, mut fake) = backend();
+    assert_eq!(b.check_drift().unwrap(), Drift::None, "nothing programmed yet");
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    let calls_before = fake.state().calls.len();
+    assert_eq!(b.check_drift().unwrap(), Drift::None);
+    let calls: Vec<_> = fake.state().calls[calls_before..].to_vec();
+    assert!(
+        calls
+            .iter()
+            .all(|(p, args, _)| !p.ends_with("-save") && args.iter().any(|a| a == "-S")),
+        "only `-S` listings of single chains, never a save: {calls:?}"
+    );
+    assert_eq!(
+        calls.len(),
+        2 + 6,
+        "one canary per table, one listing per built-in chain"
+    );
+    // Someone deletes the canary (as a table flush would).
+    assert!(
+        fake.run("iptables", &["-t", "nat", "-X", rules::CANARY], b"")
+            .unwrap()
+            .success
+    );
+    let Drift::Found(what) = b.check_drift().unwrap() else {
+        panic!("a deleted canary is drift")
+    };
+    assert!(what.contains("canary"), "{what}");
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    assert_eq!(b.check_drift().unwrap(), Drift::None, "repaired");
+    // Someone flushes a built-in chain: our jumps from it are gone.
+    assert!(
+        fake.run("iptables", &["-t", "nat", "-F", "PREROUTING"], b"")
+            .unwrap()
+            .success
+    );
+    let Drift::Found(what) = b.check_drift().unwrap() else {
+        panic!("a missing jump is drift")
+    };
+    assert!(what.contains("PREROUTING"), "{what}");
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    assert_eq!(b.check_drift().unwrap(), Drift::None);
+    assert_eq!(fake.tables(), fresh_full(&t), "the repair equals a fresh full sync");
+}
+
