@@ -92,10 +92,16 @@ impl IptablesDataplane {
         Ok(())
     }
 
-    /// The exact `iptables-restore` input a full sync writes for `family`.
+    /// The exact `iptables-restore` input a full sync writes for `family`
+    /// on a fresh node: every chain and rule of ours, and the jumps from
+    /// the built-in chains (`PREROUTING`, `OUTPUT`, `POSTROUTING`, `INPUT`,
+    /// `FORWARD`) that make packets reach them, so that piping it into
+    /// `iptables-restore` there programs a working node. With more than
+    /// [`NFT_CHUNK`] service ports an iptables-nft full sync splits the same
+    /// lines over several transactions; the rules loaded are the same.
     pub fn render_full(table: &BackendTable, family: IpFamily, settings: &NodeSettings) -> String {
         let desired = desired(table, family, settings);
-        full_restore(&desired, family, settings, &BTreeMap::new(), &[])
+        full_restore(&desired, family, settings, &BTreeMap::new(), &rules::jumps())
     }
 }
 

@@ -565,3 +565,16 @@ fn drift_check_sees_a_missing_canary_or_jump_with_a_few_cheap_commands() {
     assert_eq!(fake.tables(), fresh_full(&t), "the repair equals a fresh full sync");
 }
 
+#[test]
+fn render_full_is_what_a_full_sync_writes_on_a_fresh_node() {
+    let t = cluster(5);
+    let (mut b, fake) = backend();
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    let restores = fake.restores();
+    assert_eq!(restores.len(), 1, "a small table is one transaction");
+    let rendered = IptablesDataplane::render_full(t.table(), IpFamily::V4, &cfg().settings);
+    assert_eq!(rendered, restores[0]);
+    assert!(rendered.contains("-I PREROUTING ") && rendered.contains("-I FORWARD "));
+    // And loading it alone into an empty fake gives the same tables.
+    assert_eq!(fake_full_single(&t), fake.tables());
+}
