@@ -578,3 +578,91 @@ fn render_full_is_what_a_full_sync_writes_on_a_fresh_node() {
     // And loading it alone into an empty fake gives the same tables.
     assert_eq!(fake_full_single(&t), fake.tables());
 }
+
+/// A weak hasher: the identity of service `s2` hashes as that of `s1`, so
+/// every chain of s2 collides with s1's (same endpoints, same names).
+fn s2_collides_with_s1(input: &[u8]) -> String {
+    let text = String::from_utf8_lossy(input).replace("2:s2,", "2:s1,");
+    rules::sha256_name(text.as_bytes())
+}
+
+fn colliding_backend() -> (IptablesDataplane, FakeIptables) {
+    let fake = FakeIptables::new();
+    let b = IptablesDataplane::new(Box::new(fake.clone()), cfg()).with_hasher(s2_collides_with_s1);
+    (b, fake)
+}
+
+/// The nat dispatch rules naming service `name` and the chains they jump to.
+fn dispatch_targets(fake: &FakeIptables, name: &str) -> Vec<String> {
+    fake.rules("nat", rules::SERVICES)
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.contains(&format!("ns/{name}:")))
+        .map(|r| r.rsplit(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_colliding_chain_name_is_never_shared_or_overwritten_in_a_full_sync() {
+    let mut t = Tracker::new(NodeContext::new("node-a"));
+    svc(&mut t, "s1", "10.96.0.1", json!({}));
+    eps(&mut t, "s1", &["10.244.1.1"]);
+    let (mut alone, alone_fake) = colliding_backend();
+    alone.sync(t.table(), &SyncScope::Full).unwrap();
+    // s2 has another endpoint; with the weak hasher its chains get s1's names.
+    svc(&mut t, "s2", "10.96.0.2", json!({}));
+    eps(&mut t, "s2", &["10.244.1.2"]);
+    let (mut b, fake) = colliding_backend();
+    b.sync(t.table(), &SyncScope::Full)
+        .expect("the rest of the table is programmed");
+    assert_eq!(
+        fake.tables()["nat"]
+            .iter()
+            .filter(|(n, _)| n.starts_with("SP-SVC-") || n.starts_with("SP-SEP-"))
+            .collect::<Vec<_>>(),
+        alone_fake.tables()["nat"]
+            .iter()
+            .filter(|(n, _)| n.starts_with("SP-SVC-") || n.starts_with("SP-SEP-"))
+            .collect::<Vec<_>>(),
+        "s1's chains are exactly as without s2"
+    );
+    assert!(
+        dispatch_targets(&fake, "s2").is_empty(),
+        "s2 never jumps into s1's chain"
+    );
+    assert_eq!(dispatch_targets(&fake, "s1").len(), 1);
+    // The same through a partial sync: s1 programmed, then s2 arrives.
+    let mut t1 = Tracker::new(NodeContext::new("node-a"));
+    svc(&mut t1, "s1", "10.96.0.1", json!({}));
+    eps(&mut t1, "s1", &["10.244.1.1"]);
+    let (mut p, pfake) = colliding_backend();
+    p.sync(t1.table(), &SyncScope::Full).unwrap();
+    let before = pfake.tables();
+    let mut cs = svc(&mut t1, "s2", "10.96.0.2", json!({}));
+    cs.merge(eps(&mut t1, "s2", &["10.244.1.2"]));
+    p.sync(t1.table(), &SyncScope::Partial(cs)).expect("partial sync");
+    assert_eq!(
+        pfake.tables(),
+        before,
+        "nothing of s2 written, nothing of s1 overwritten"
+    );
+    // Once s1 is gone, s2 gets the name at the next sync (it is retried).
+    let cs = t1.delete_service(&crate::model::ServiceKey::new("ns", "s1"));
+    p.sync(t1.table(), &SyncScope::Partial(cs)).unwrap();
+    assert_eq!(dispatch_targets(&pfake, "s2").len(), 1, "s2 programmed once s1 is gone");
+    assert!(dispatch_targets(&pfake, "s1").is_empty());
+    let svc_chain = &dispatch_targets(&pfake, "s2")[0];
+    let body = pfake.rules("nat", svc_chain).unwrap();
+    let sep = body
+        .iter()
+        .find_map(|r| r.rsplit(' ').next().filter(|c| c.starts_with("SP-SEP-")))
+        .unwrap();
+    assert!(
+        pfake
+            .rules("nat", sep)
+            .unwrap()
+            .iter()
+            .any(|r| r.contains("10.244.1.2:8080")),
+        "s2's own endpoint"
+    );
+}
