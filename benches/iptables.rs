@@ -6,6 +6,11 @@
 //! the same minimal delta (no agent in between), and the cold full sync with
 //! a raw `iptables-restore` of the same ruleset into an empty namespace.
 //!
+//! Full syncs, cold (an empty namespace) against warm (the same rules
+//! already loaded: the hourly or drift-repair full sync of a running agent)
+//! and after a restart (a new backend on a loaded namespace): a warm full
+//! rewrite must be no slower than a cold one (within 1.5x, issue 10).
+//!
 //! Run: `cargo bench --bench iptables` (root). `SLICEPROXY_BENCH_SIZES=1000`
 //! limits the sizes; `SLICEPROXY_BENCH_VARIANT=legacy|nft` picks the variant
 //! (default: both).
@@ -204,6 +209,59 @@ fn run_variant(c: &mut Criterion, variant: Variant, n: usize, report: &mut Vec<S
         raw_flush.as_secs_f64(),
         cold.as_secs_f64() / raw_flush.as_secs_f64()
     ));
+
+    // Warm full syncs: the same backend again (hourly / drift repair), and a
+    // new backend on the loaded namespace (an agent restart, which also
+    // reads the existing chains with one save).
+    let start = Instant::now();
+    dp.sync(t.table(), &SyncScope::Full).expect("warm full sync");
+    let warm = start.elapsed();
+    let (mut restarted, _) = backend(&ns.0, variant);
+    let start = Instant::now();
+    restarted
+        .sync(t.table(), &SyncScope::Full)
+        .expect("full sync after a restart");
+    let restart = start.elapsed();
+    report.push(format!(
+        "{variant:?} {n}: full sync cold {:.2} s, warm {:.2} s (ratio {:.2}), after a restart {:.2} s (ratio {:.2})",
+        cold.as_secs_f64(),
+        warm.as_secs_f64(),
+        warm.as_secs_f64() / cold.as_secs_f64(),
+        restart.as_secs_f64(),
+        restart.as_secs_f64() / cold.as_secs_f64()
+    ));
+    {
+        let mut group = c.benchmark_group(format!("iptables_full_{tag}"));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(100))
+            .measurement_time(Duration::from_secs(1));
+        group.bench_function("cold", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let fresh = Netns::new(&format!("{tag}-cold-{i}"));
+                    let (mut cold_dp, _) = backend(&fresh.0, variant);
+                    let start = Instant::now();
+                    cold_dp.sync(t.table(), &SyncScope::Full).expect("cold full sync");
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+        group.bench_function("warm", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    dp.sync(t.table(), &SyncScope::Full).expect("warm full sync");
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+        group.finish();
+    }
 
     let target = n / 2;
     let changes = [

@@ -513,28 +513,22 @@ async fn packets_flow_through_iptables_mode() {
         "SCTP dispatch rule missing:\n{save}"
     );
 
-    // --- A chain deleted by hand comes back with the next full sync.
-    let web_chain = chain_of(
-        &save,
-        "ns/web:http/TCP cluster IP".replace("ns/", &format!("{ns}/")).as_str(),
-    );
-    let rule = save
-        .lines()
-        .find(|l| l.starts_with("-A SP-SERVICES") && l.ends_with(&format!("-j {web_chain}")))
-        .unwrap()
-        .to_string();
-    let mut delete: Vec<String> = vec!["iptables".into(), "-t".into(), "nat".into(), "-D".into()];
-    delete.extend(shell_split(&rule[3..]));
-    let delete: Vec<&str> = delete.iter().map(String::as_str).collect();
-    cluster.run("node-a", &delete);
-    cluster.run("node-a", &["iptables", "-t", "nat", "-F", &web_chain]);
-    cluster.run("node-a", &["iptables", "-t", "nat", "-X", &web_chain]);
+    // --- Someone flushes the nat table (every rule, then every chain): the
+    // drift check on the next --sync-period tick (5 s here) sees our canary
+    // chain gone and repairs with a full sync.
+    let drift_before = agent.count("rules changed behind our back");
+    cluster.run("node-a", &["iptables", "-t", "nat", "-F"]);
+    cluster.run("node-a", &["iptables", "-t", "nat", "-X"]);
     let broken = check(&cluster, &rows[0]);
-    assert!(broken.is_err(), "traffic should fail without the chain");
+    assert!(broken.is_err(), "traffic should fail without the nat rules");
     eventually(
-        "the full sync to restore the deleted chain",
+        "the drift check's full sync to restore the flushed table",
         Duration::from_secs(20),
         || check(&cluster, &rows[0]),
+    );
+    assert!(
+        agent.count("rules changed behind our back") > drift_before,
+        "repaired because of the drift check"
     );
 
     // --- Foreign rules (and a foreign chain) that must survive syncs and --cleanup.
@@ -644,9 +638,4 @@ async fn packets_flow_through_iptables_mode() {
         "foreign chain removed"
     );
     drop(forwarder);
-}
-
-/// Split an iptables-save rule into arguments (comments are double-quoted).
-fn shell_split(s: &str) -> Vec<String> {
-    sliceproxy::dataplane::xtables::shell_words(s)
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::{Dataplane, DataplaneError, Operation, SyncScope, SyncStats};
+use super::{Dataplane, DataplaneError, Drift, Operation, SyncScope, SyncStats};
 use crate::model::ServicePortKey;
 use crate::policy::PortPlan;
 use crate::track::BackendTable;
@@ -38,6 +38,11 @@ pub struct MemoryState {
     pub record_snapshots: bool,
     /// What was programmed after each successful sync, oldest first.
     pub snapshots: Vec<BTreeMap<ServicePortKey, PortPlan>>,
+    /// Drift checks run so far.
+    pub drift_checks: usize,
+    /// The next drift check reports drift (simulates a flushed table);
+    /// a full sync clears it.
+    pub drifted: bool,
 }
 
 /// A cheap handle on the backend's state for assertions. The lock is only
@@ -65,6 +70,16 @@ impl MemoryHandle {
     /// The snapshots recorded so far.
     pub fn snapshots(&self) -> Vec<BTreeMap<ServicePortKey, PortPlan>> {
         self.state().snapshots.clone()
+    }
+
+    /// Pretend someone flushed our rules: the next drift check sees it.
+    pub fn drift(&self) {
+        self.state().drifted = true;
+    }
+
+    /// Drift checks run so far.
+    pub fn drift_checks(&self) -> usize {
+        self.state().drift_checks
     }
 
     /// The sync log so far.
@@ -125,6 +140,7 @@ impl Dataplane for MemoryDataplane {
             SyncScope::Full => {
                 let before = state.programmed.len();
                 state.programmed = table.plans().map(|(k, p)| (k.clone(), p.clone())).collect();
+                state.drifted = false;
                 stats.ports_written = state.programmed.len();
                 stats.ports_removed = before.saturating_sub(stats.ports_written);
             }
@@ -154,6 +170,16 @@ impl Dataplane for MemoryDataplane {
         }
         stats.duration = start.elapsed();
         Ok(stats)
+    }
+
+    fn check_drift(&mut self) -> Result<Drift, DataplaneError> {
+        let mut state = self.handle.state();
+        state.drift_checks += 1;
+        Ok(if state.drifted {
+            Drift::Found("memory: marked drifted".into())
+        } else {
+            Drift::None
+        })
     }
 
     fn cleanup(&mut self) -> Result<(), DataplaneError> {

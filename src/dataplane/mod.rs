@@ -128,6 +128,15 @@ impl DataplaneError {
     }
 }
 
+/// What a drift check found (see [`Dataplane::check_drift`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drift {
+    /// The markers the check looks at are as the last sync left them.
+    None,
+    /// Something else changed our rules; the agent repairs with a full sync.
+    Found(String),
+}
+
 /// A way of programming the kernel's load-balancing rules.
 pub trait Dataplane: Send {
     /// Short name for logs and metrics (`iptables`, `nftables`, `ipvs`, `memory`).
@@ -147,6 +156,15 @@ pub trait Dataplane: Send {
     fn housekeeping(&mut self) -> Result<Option<Duration>, DataplaneError> {
         Ok(None)
     }
+
+    /// A cheap look at whether someone else changed what the last sync
+    /// programmed (a flushed table, a deleted jump or canary chain), run on
+    /// every `--sync-period` tick instead of a full rewrite. It must cost a
+    /// few commands, not a dump of every rule; what it cannot see is
+    /// repaired by the rare periodic full sync. The default sees nothing.
+    fn check_drift(&mut self) -> Result<Drift, DataplaneError> {
+        Ok(Drift::None)
+    }
 }
 
 impl Dataplane for Box<dyn Dataplane> {
@@ -161,5 +179,8 @@ impl Dataplane for Box<dyn Dataplane> {
     }
     fn housekeeping(&mut self) -> Result<Option<Duration>, DataplaneError> {
         (**self).housekeeping()
+    }
+    fn check_drift(&mut self) -> Result<Drift, DataplaneError> {
+        (**self).check_drift()
     }
 }

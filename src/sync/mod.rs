@@ -1,8 +1,15 @@
 //! The agent task: the one owner of the tracker and the dataplane. It folds
 //! watch events into the table, coalesces the resulting ChangeSets, and runs
 //! the dataplane like kube-proxy's bounded-frequency runner: at most once per
-//! `min_sync_period`, a full sync at least every `sync_period`, and after a
-//! failure a full sync retried with exponential backoff.
+//! `min_sync_period`; every `sync_period` a tick that writes only what
+//! changed (nothing, when nothing did) and runs the dataplane's cheap drift
+//! check; a full rewrite only on the first sync, after a failure (retried
+//! with exponential backoff), when the Node or the node's addresses change,
+//! when the drift check finds our rules changed behind our back, and every
+//! `full_sync_period` (an hour by default, as kube-proxy's
+//! `fullSyncPeriod`). A full rewrite at every tick is what made a large
+//! cluster's agent never rest: at 5,000 services it took longer than the
+//! tick itself.
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,7 +21,7 @@ use tokio::time::Instant;
 use std::collections::{BTreeSet, HashMap};
 
 use crate::dataplane::conntrack::{FlowCleaner, StaleFlow, stale_udp_flows};
-use crate::dataplane::{Dataplane, DataplaneError, SyncScope, SyncStats};
+use crate::dataplane::{Dataplane, DataplaneError, Drift, SyncScope, SyncStats};
 use crate::model::{NodeInfo, Protocol, ServicePortKey};
 use crate::policy::PortPlan;
 use crate::track::{BackendTable, ChangeSet, Tracker};
@@ -25,9 +32,16 @@ use crate::watch::{Event, Update};
 pub struct SyncSettings {
     /// Never sync more often than this; changes inside it are coalesced.
     pub min_sync_period: Duration,
-    /// Run a full sync at least this often (repairs drift).
+    /// The periodic tick (`--sync-period`): write what is pending and
+    /// check for drift. Not a full rewrite: see [`DEFAULT_FULL_SYNC_PERIOD`].
     pub sync_period: Duration,
 }
+
+/// How often the agent rewrites everything even when nothing drifted
+/// (kube-proxy's `fullSyncPeriod`, an hour): it repairs what the cheap
+/// drift check cannot see, such as a rule deleted from the middle of one of
+/// our chains. Change it with [`Agent::with_full_sync_period`].
+pub const DEFAULT_FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 
 impl Default for SyncSettings {
     fn default() -> Self {
@@ -57,6 +71,11 @@ pub struct SyncCounters {
     pub partial_syncs: u64,
     /// Failed syncs (each is retried as a full sync).
     pub failed_syncs: u64,
+    /// Drift checks run on the periodic tick.
+    pub drift_checks: u64,
+    /// Drift checks that found our rules changed (or could not tell), each
+    /// repaired by a full sync.
+    pub drift_found: u64,
     /// Watch errors (each watch retries by itself with backoff).
     pub watch_errors: u64,
     /// Objects refused by conversion.
@@ -144,6 +163,11 @@ pub struct Agent<D: Dataplane> {
     listed: Listed,
     last_attempt: Option<Instant>,
     next_full: Option<Instant>,
+    /// The next periodic tick's drift check.
+    next_check: Option<Instant>,
+    full_sync_period: Duration,
+    /// The agent's own Node as last seen: a change owes a full sync.
+    node: Option<NodeInfo>,
     retry_at: Option<Instant>,
     failures: u32,
     status: AgentStatus,
@@ -172,6 +196,9 @@ impl<D: Dataplane> Agent<D> {
             listed: Listed::default(),
             last_attempt: None,
             next_full: None,
+            next_check: None,
+            full_sync_period: DEFAULT_FULL_SYNC_PERIOD,
+            node: None,
             retry_at: None,
             failures: 0,
             status: AgentStatus::default(),
@@ -194,6 +221,13 @@ impl<D: Dataplane> Agent<D> {
     /// changed, which node-port rules depend on but no API object carries).
     pub fn with_resync_trigger(mut self, trigger: watch::Receiver<u64>) -> Self {
         self.resync = Some(trigger);
+        self
+    }
+
+    /// Rewrite everything this often even without drift (default
+    /// [`DEFAULT_FULL_SYNC_PERIOD`]); never more often than `sync_period`.
+    pub fn with_full_sync_period(mut self, period: Duration) -> Self {
+        self.full_sync_period = period.max(self.settings.sync_period);
         self
     }
 
@@ -295,6 +329,22 @@ impl<D: Dataplane> Agent<D> {
                 _ => {}
             }
         }
+        // kube-proxy resyncs fully when its Node changes: node-port
+        // addresses and topology are in every service's rules.
+        let node_update = match &event {
+            Event::Node(Update::Apply(n)) => Some(Some(n.clone())),
+            Event::Node(Update::Reset { objects, keep }) if keep.is_empty() => Some(objects.first().cloned()),
+            Event::Node(Update::Delete(())) => Some(None),
+            _ => None,
+        };
+        if let Some(node) = node_update {
+            if self.listed.node && node != self.node {
+                tracing::info!("the Node changed; full sync");
+                self.full_pending = true;
+                self.status.pending_since.get_or_insert(now);
+            }
+            self.node = node;
+        }
         let t = &mut self.tracker;
         let changes = match event {
             Event::Service(Update::Reset { objects, keep }) => {
@@ -355,16 +405,59 @@ impl<D: Dataplane> Agent<D> {
         if let Some(retry) = self.retry_at {
             return Some(retry);
         }
-        let earliest = self.last_attempt.map(|t| t + self.settings.min_sync_period);
-        let work = if self.full_pending || !self.pending.is_empty() {
-            Some(earliest.unwrap_or_else(Instant::now))
-        } else {
-            None
-        };
-        match (work, self.next_full) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let earliest = self
+            .last_attempt
+            .map_or_else(Instant::now, |t| t + self.settings.min_sync_period);
+        let work = (self.full_pending || !self.pending.is_empty()).then_some(earliest);
+        // Never before `earliest`: `tick` would do nothing and be woken again.
+        let full = self.next_full.map(|t| t.max(earliest));
+        let check = if self.full_pending { None } else { self.next_check };
+        [work, full, check].into_iter().flatten().min()
+    }
+
+    /// What is due at `now`: a sync (full if one is owed, else partial over
+    /// what changed; nothing at all when nothing did), then the periodic
+    /// drift check if its tick has come.
+    pub fn tick(&mut self, now: Instant) {
+        let rested = self
+            .last_attempt
+            .is_none_or(|t| now >= t + self.settings.min_sync_period);
+        let full = self.full_pending || self.next_full.is_some_and(|t| now >= t);
+        if (full || !self.pending.is_empty()) && rested {
+            self.sync_now(now);
         }
+        if self.retry_at.is_none() && !self.full_pending && self.next_check.is_some_and(|t| now >= t) {
+            self.check_drift(now);
+        }
+    }
+
+    /// Ask the dataplane whether its rules drifted; owe a full sync if so
+    /// (or if it cannot tell).
+    pub fn check_drift(&mut self, now: Instant) {
+        self.next_check = Some(now + self.settings.sync_period);
+        self.status.counters.drift_checks += 1;
+        let started = std::time::Instant::now();
+        let result = run_blocking(|| self.dataplane.check_drift());
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let found = match result {
+            Ok(Drift::None) => {
+                tracing::debug!(mode = self.dataplane.name(), elapsed_ms, "no drift");
+                self.publish();
+                return;
+            }
+            Ok(Drift::Found(what)) => what,
+            Err(e) => format!("drift check failed: {e}"),
+        };
+        tracing::warn!(
+            mode = self.dataplane.name(),
+            drift = %found,
+            elapsed_ms,
+            "rules changed behind our back; repairing with a full sync"
+        );
+        self.status.counters.drift_found += 1;
+        self.full_pending = true;
+        self.status.pending_since.get_or_insert(now);
+        self.publish();
     }
 
     /// Run one sync now: full if one is owed (first sync, periodic, after a
@@ -396,7 +489,8 @@ impl<D: Dataplane> Agent<D> {
                 );
                 if full {
                     self.status.counters.full_syncs += 1;
-                    self.next_full = Some(now + self.settings.sync_period);
+                    self.next_full = Some(now + self.full_sync_period);
+                    self.next_check = Some(now + self.settings.sync_period);
                 } else {
                     self.status.counters.partial_syncs += 1;
                 }
@@ -465,7 +559,7 @@ impl<D: Dataplane> Agent<D> {
             tokio::select! {
                 // Timer first: a steady stream of events must not starve syncs.
                 biased;
-                _ = sleep_until(deadline), if deadline.is_some() => self.sync_now(Instant::now()),
+                _ = sleep_until(deadline), if deadline.is_some() => self.tick(Instant::now()),
                 event = events.next() => match event {
                     Some(event) => { self.handle(event, Instant::now()); }
                     None => break,

@@ -168,7 +168,7 @@ async fn a_change_after_a_quiet_period_syncs_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn full_sync_runs_every_sync_period_and_repairs_drift() {
+async fn the_periodic_tick_checks_for_drift_and_rewrites_nothing() {
     let h = Harness::start(SyncSettings {
         min_sync_period: Duration::from_secs(1),
         sync_period: Duration::from_secs(30),
@@ -177,21 +177,163 @@ async fn full_sync_runs_every_sync_period_and_repairs_drift() {
         h.send(e);
     }
     sleep_ms(10).await;
-    // Someone removes a rule behind our back.
-    h.handle.state().programmed.remove(&key("a"));
-    sleep_ms(29_000).await;
-    assert_eq!(h.syncs().len(), 1);
-    sleep_ms(1_100).await;
+    assert_eq!(h.handle.drift_checks(), 0);
+    // Ten ticks with nothing changed: ten drift checks, no sync at all.
+    sleep_ms(300_000).await;
+    assert_eq!(h.handle.drift_checks(), 10);
+    assert_eq!(h.syncs().len(), 1, "only the first full sync: {:?}", h.syncs());
+    // A change between ticks is written as a partial sync at once; the
+    // next tick still only checks.
+    h.send(Event::Slice(Update::Apply(eps("a", &["10.244.1.7"]))));
+    sleep_ms(30_000).await;
     let syncs = h.syncs();
     assert_eq!(syncs.len(), 2);
-    assert!(syncs[1].full);
-    assert!(
-        h.handle.programmed().contains_key(&key("a")),
-        "the periodic full sync restored it"
+    assert!(!syncs[1].full);
+    assert_eq!(syncs[1].touched, vec![key("a")]);
+    assert_eq!(h.handle.drift_checks(), 11);
+    let counters = h.status.borrow().counters.clone();
+    assert_eq!(
+        (counters.full_syncs, counters.drift_checks, counters.drift_found),
+        (1, 11, 0)
     );
-    sleep_ms(30_000).await;
-    assert_eq!(h.syncs().len(), 3);
     h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn drift_found_by_the_check_is_repaired_by_a_full_sync() {
+    let h = Harness::start(SyncSettings::default());
+    for e in resets() {
+        h.send(e);
+    }
+    sleep_ms(10).await;
+    // Someone flushes our rules behind our back.
+    h.handle.state().programmed.clear();
+    h.handle.drift();
+    sleep_ms(29_000).await;
+    assert_eq!(h.syncs().len(), 1, "not before the tick");
+    sleep_ms(1_100).await;
+    let syncs = h.syncs();
+    assert_eq!(syncs.len(), 2, "{syncs:?}");
+    assert!(syncs[1].full, "drift is repaired by a full sync");
+    assert_eq!(h.handle.programmed().len(), 2, "the full sync restored both");
+    assert_eq!(h.status.borrow().counters.drift_found, 1);
+    // Repaired: the following ticks only check again.
+    sleep_ms(60_000).await;
+    assert_eq!(h.syncs().len(), 2);
+    assert_eq!(h.handle.drift_checks(), 3);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_sync_runs_every_full_sync_period() {
+    let dataplane = MemoryDataplane::new();
+    let handle = dataplane.handle();
+    let agent = Agent::new(
+        Tracker::new(NodeContext::new("node-a")),
+        dataplane,
+        SyncSettings::default(),
+    )
+    .with_full_sync_period(Duration::from_secs(600));
+    let (tx, rx) = mpsc::unbounded();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(agent.run(rx, async move {
+        let _ = stopped.await;
+    }));
+    for e in resets() {
+        tx.unbounded_send(e).unwrap();
+    }
+    sleep_ms(10).await;
+    sleep_ms(599_000).await;
+    assert_eq!(handle.syncs().len(), 1, "no full rewrite before the period");
+    sleep_ms(1_100).await;
+    let syncs = handle.syncs();
+    assert_eq!(syncs.len(), 2);
+    assert!(syncs[1].full);
+    sleep_ms(600_000).await;
+    assert_eq!(handle.syncs().iter().filter(|s| s.full).count(), 3);
+    assert_eq!(
+        handle.drift_checks(),
+        19 + 19,
+        "the ticks between full syncs only check"
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+#[test]
+fn the_full_sync_period_is_an_hour_by_default_and_never_below_the_tick() {
+    assert_eq!(DEFAULT_FULL_SYNC_PERIOD, Duration::from_secs(3600));
+    let agent = Agent::new(
+        Tracker::new(NodeContext::new("node-a")),
+        MemoryDataplane::new(),
+        SyncSettings::default(),
+    );
+    assert_eq!(agent.full_sync_period, DEFAULT_FULL_SYNC_PERIOD);
+    let agent = agent.with_full_sync_period(Duration::from_secs(1));
+    assert_eq!(agent.full_sync_period, SyncSettings::default().sync_period);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_change_forces_a_full_sync() {
+    let h = Harness::start(SyncSettings::default());
+    for e in resets() {
+        h.send(e);
+    }
+    sleep_ms(2_000).await;
+    // The same Node again (a status heartbeat) changes nothing.
+    h.send(Event::Node(Update::Apply(NodeInfo::default())));
+    sleep_ms(2_000).await;
+    assert_eq!(h.syncs().len(), 1);
+    h.send(Event::Node(Update::Apply(NodeInfo {
+        addresses: vec!["192.168.50.10".parse().unwrap()],
+        ..NodeInfo::default()
+    })));
+    sleep_ms(10).await;
+    let syncs = h.syncs();
+    assert_eq!(syncs.len(), 2);
+    assert!(syncs[1].full, "a Node change rewrites everything");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drift_check_that_fails_is_treated_as_drift() {
+    struct Broken;
+    impl crate::dataplane::Dataplane for Broken {
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+        fn sync(
+            &mut self,
+            _: &crate::track::BackendTable,
+            _: &crate::dataplane::SyncScope,
+        ) -> Result<crate::dataplane::SyncStats, crate::dataplane::DataplaneError> {
+            Ok(Default::default())
+        }
+        fn cleanup(&mut self) -> Result<(), crate::dataplane::DataplaneError> {
+            Ok(())
+        }
+        fn check_drift(&mut self) -> Result<Drift, crate::dataplane::DataplaneError> {
+            Err(crate::dataplane::DataplaneError::Other("lock held".into()))
+        }
+    }
+    let mut agent = Agent::new(
+        Tracker::new(NodeContext::new("node-a")),
+        Broken,
+        SyncSettings::default(),
+    );
+    let now = Instant::now();
+    for e in resets() {
+        agent.handle(e, now);
+    }
+    agent.tick(now);
+    assert_eq!(agent.status.counters.full_syncs, 1);
+    let tick = now + Duration::from_secs(30);
+    assert_eq!(agent.next_deadline(), Some(tick));
+    agent.tick(tick);
+    assert_eq!(agent.status.counters.drift_found, 1);
+    assert!(agent.next_deadline().unwrap() <= tick, "a full sync is owed at once");
+    agent.tick(tick);
+    assert_eq!(agent.status.counters.full_syncs, 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -67,8 +67,13 @@ impl Default for FakeIptables {
 fn quote_comment(rule: &str) -> String {
     match rule.split_once("--comment ") {
         Some((head, rest)) => {
-            // The comment runs up to the next option.
-            let end = rest.find(" -").unwrap_or(rest.len());
+            // The comment runs up to the next option (not up to any " -":
+            // our endpoint comments read "ns/svc:port/TCP -> 10.0.0.1:80").
+            let end = [" -m ", " -j ", " -p ", " -s ", " -d ", " ! "]
+                .iter()
+                .filter_map(|o| rest.find(o))
+                .min()
+                .unwrap_or(rest.len());
             format!("{head}--comment \"{}\"{}", &rest[..end], &rest[end..])
         }
         None => rule.to_string(),
@@ -273,7 +278,7 @@ impl FakeIptables {
             }
             for (c, chain) in chains {
                 for r in &chain.rules {
-                    out.push_str(&format!("-A {c} {r}\n"));
+                    out.push_str(&format!("-A {c} {}\n", quote_comment(r)));
                 }
             }
             out.push_str("COMMIT\n");

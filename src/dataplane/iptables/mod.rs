@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use rules::{DispatchRule, OwnChain, PortRules};
+use rules::{ChainHasher, DispatchRule, OwnChain, PortRules};
 
-use super::exec::Exec;
+use super::exec::{Exec, ToolError};
 use super::frontends::{FrontendPlan, NodeSettings};
 use super::xtables::{self, ChainOwner, Jump, Table, Tools, Variant, dataplane_error as xtables_error, shell_words};
-use super::{Dataplane, DataplaneError, SyncScope, SyncStats};
+use super::{Dataplane, DataplaneError, Drift, SyncScope, SyncStats};
 use crate::model::{IpFamily, ServicePortKey};
 use crate::netaddr::NodePortSource;
 use crate::track::BackendTable;
@@ -35,6 +35,13 @@ struct FamilyState {
     discover: bool,
     /// Service ports per transaction in a large full sync (see `full_sync`).
     chunk: usize,
+    /// The owner of every service-port chain in `applied`: a chain name is
+    /// a hash, and a second service port whose name collides must never
+    /// share or overwrite the first one's chain.
+    owners: HashMap<String, ServicePortKey>,
+    /// Service ports refused for a chain-name collision, retried at every
+    /// sync (the owner may be gone).
+    collided: BTreeSet<ServicePortKey>,
 }
 
 /// The iptables dataplane.
@@ -43,6 +50,7 @@ pub struct IptablesDataplane {
     families: Vec<FamilyState>,
     settings: NodeSettings,
     node_ports: Option<NodePortSource>,
+    hasher: ChainHasher,
 }
 
 /// Construction settings.
@@ -73,6 +81,8 @@ impl IptablesDataplane {
                 known_chains: BTreeMap::new(),
                 discover: true,
                 chunk: chunk_size(config.variant),
+                owners: HashMap::new(),
+                collided: BTreeSet::new(),
             })
             .collect();
         IptablesDataplane {
@@ -80,7 +90,15 @@ impl IptablesDataplane {
             families,
             settings: config.settings,
             node_ports: config.node_ports,
+            hasher: rules::sha256_name,
         }
+    }
+
+    /// Name chains with `hasher` instead of SHA-256: tests force collisions.
+    #[cfg(test)]
+    fn with_hasher(mut self, hasher: ChainHasher) -> Self {
+        self.hasher = hasher;
+        self
     }
 
     /// Re-read the node's addresses for the node-port rules.
@@ -93,25 +111,76 @@ impl IptablesDataplane {
         Ok(())
     }
 
-    /// The exact `iptables-restore` input a full sync writes for `family`.
+    /// The exact `iptables-restore` input a full sync writes for `family`
+    /// on a fresh node: every chain and rule of ours, and the jumps from
+    /// the built-in chains (`PREROUTING`, `OUTPUT`, `POSTROUTING`, `INPUT`,
+    /// `FORWARD`) that make packets reach them, so that piping it into
+    /// `iptables-restore` there programs a working node. With more than
+    /// [`NFT_CHUNK`] service ports an iptables-nft full sync splits the same
+    /// lines over several transactions; the rules loaded are the same.
     pub fn render_full(table: &BackendTable, family: IpFamily, settings: &NodeSettings) -> String {
-        let desired = desired(table, family, settings);
-        full_restore(&desired, family, settings, &BTreeMap::new(), &[])
+        let desired = desired(table, family, settings, rules::sha256_name);
+        full_restore(&desired, family, settings, &BTreeMap::new(), &rules::jumps())
     }
 }
 
 /// The rules of one service port in one family (none without a cluster IP there).
-fn port_rules(plan: &crate::policy::PortPlan, family: IpFamily, settings: &NodeSettings) -> Option<PortRules> {
+fn port_rules(
+    plan: &crate::policy::PortPlan,
+    family: IpFamily,
+    settings: &NodeSettings,
+    hasher: ChainHasher,
+) -> Option<PortRules> {
     FrontendPlan::new(plan, family, settings)
-        .map(|fp| rules::render(&fp))
+        .map(|fp| rules::render(&fp, hasher))
         .filter(|r| !r.dispatch.is_empty() || !r.chains.is_empty())
 }
 
-fn desired(table: &BackendTable, family: IpFamily, settings: &NodeSettings) -> BTreeMap<ServicePortKey, PortRules> {
+fn desired(
+    table: &BackendTable,
+    family: IpFamily,
+    settings: &NodeSettings,
+    hasher: ChainHasher,
+) -> BTreeMap<ServicePortKey, PortRules> {
     table
         .plans()
-        .filter_map(|(k, p)| Some((k.clone(), port_rules(p, family, settings)?)))
+        .filter_map(|(k, p)| Some((k.clone(), port_rules(p, family, settings, hasher)?)))
         .collect()
+}
+
+/// A chain name `key` wants that is already taken: by another service
+/// port (`owners`, or `claimed` earlier in the same sync), or twice by
+/// `key` itself. `released` names are being given up in the same sync.
+fn collision(
+    key: &ServicePortKey,
+    rules: &PortRules,
+    owners: &HashMap<String, ServicePortKey>,
+    claimed: &HashMap<String, ServicePortKey>,
+    released: &HashSet<String>,
+) -> Option<(String, ServicePortKey)> {
+    let mut own: HashSet<&str> = HashSet::new();
+    for c in &rules.chains {
+        if !own.insert(c.name.as_str()) {
+            return Some((c.name.clone(), key.clone()));
+        }
+        let taken = claimed
+            .get(&c.name)
+            .or_else(|| owners.get(&c.name).filter(|_| !released.contains(&c.name)));
+        if let Some(other) = taken.filter(|o| *o != key) {
+            return Some((c.name.clone(), other.clone()));
+        }
+    }
+    None
+}
+
+fn log_collision(family: IpFamily, key: &ServicePortKey, chain: &str, other: &ServicePortKey) {
+    tracing::error!(
+        service_port = %key,
+        %family,
+        chain,
+        owner = %other,
+        "chain name collision: the chain belongs to another service port; this one keeps its previous rules (if any) and is retried at every sync"
+    );
 }
 
 fn chain_line(out: &mut String, name: &str) {
@@ -301,6 +370,12 @@ fn partial_restore(changes: &[(&ServicePortKey, Option<&PortRules>, Option<&Port
         if declare.is_empty() && delete_rules.is_empty() && append.is_empty() {
             continue;
         }
+        // A chain one port gives up may be taken over by another in the
+        // same sync (after a hash collision): declared once, not deleted.
+        let written: HashSet<&str> = bodies.iter().map(|c| c.name.as_str()).collect();
+        remove_chains.retain(|c| !written.contains(c.as_str()));
+        let mut seen = HashSet::new();
+        declare.retain(|c| seen.insert(c.clone()));
         let _ = writeln!(out, "*{}", table.name());
         for c in &declare {
             chain_line(&mut out, c);
@@ -371,14 +446,90 @@ impl FamilyState {
         Ok(out)
     }
 
+    /// The periodic drift check: our canary chain in each table, then the
+    /// jumps from the built-in chains (one `-S` per built-in chain). Neither
+    /// lists our thousands of service chains. `None`: nothing drifted (or
+    /// nothing was programmed yet, the first full sync is owed anyway).
+    fn check_drift(&self, exec: &mut dyn Exec) -> Result<Option<String>, DataplaneError> {
+        if self.discover {
+            return Ok(None);
+        }
+        for table in [Table::Nat, Table::Filter] {
+            match self.tools.list(exec, table, rules::CANARY) {
+                Ok(_) => {}
+                Err(ToolError::Failed { stderr, .. }) => {
+                    return Ok(Some(format!(
+                        "{} {} table: canary chain {} is gone ({})",
+                        self.family,
+                        table.name(),
+                        rules::CANARY,
+                        stderr.trim()
+                    )));
+                }
+                Err(e) => return Err(xtables_error(self.family, e)),
+            }
+        }
+        let missing = missing_jumps(&self.list_builtins(exec)?);
+        if let Some(j) = missing.first() {
+            return Ok(Some(format!(
+                "{} {} table: {} jump(s) from built-in chains missing, first {} {}",
+                self.family,
+                j.table.name(),
+                missing.len(),
+                j.from,
+                j.spec
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Drop from `desired` every service port whose chain names collide
+    /// with another's. Ports already programmed keep their names (they are
+    /// claimed first); a refused port keeps its previous rules if it had
+    /// any, else gets none. Updates `collided`.
+    fn without_collisions(
+        &mut self,
+        mut desired: BTreeMap<ServicePortKey, PortRules>,
+    ) -> BTreeMap<ServicePortKey, PortRules> {
+        let mut claimed: HashMap<String, ServicePortKey> = HashMap::new();
+        let none = HashMap::new();
+        let released = HashSet::new();
+        let (first, then): (Vec<&ServicePortKey>, Vec<&ServicePortKey>) =
+            desired.keys().partition(|k| self.applied.contains_key(*k));
+        let mut refused = Vec::new();
+        for key in first.into_iter().chain(then) {
+            let rules = &desired[key];
+            match collision(key, rules, &none, &claimed, &released) {
+                None => claimed.extend(rules.chains.iter().map(|c| (c.name.clone(), key.clone()))),
+                Some((chain, other)) => {
+                    log_collision(self.family, key, &chain, &other);
+                    refused.push(key.clone());
+                }
+            }
+        }
+        self.collided.clear();
+        for key in refused {
+            desired.remove(&key);
+            if let Some(old) = self.applied.get(&key)
+                && collision(&key, old, &none, &claimed, &released).is_none()
+            {
+                claimed.extend(old.chains.iter().map(|c| (c.name.clone(), key.clone())));
+                desired.insert(key.clone(), old.clone());
+            }
+            self.collided.insert(key);
+        }
+        desired
+    }
+
     fn full_sync(
         &mut self,
         exec: &mut dyn Exec,
         table: &BackendTable,
         settings: &NodeSettings,
+        hasher: ChainHasher,
         stats: &mut SyncStats,
     ) -> Result<(), DataplaneError> {
-        let desired = desired(table, self.family, settings);
+        let desired = self.without_collisions(desired(table, self.family, settings, hasher));
         let jumps = if self.discover {
             // Chains a previous run left behind (an agent restart, a crash):
             // they are ours to delete if no longer wanted.
@@ -449,6 +600,10 @@ impl FamilyState {
         }
         let nat = self.known_chains.entry(Table::Nat).or_default();
         nat.extend(desired.values().flat_map(|r| r.chains.iter().map(|c| c.name.clone())));
+        self.owners = desired
+            .iter()
+            .flat_map(|(k, r)| r.chains.iter().map(move |c| (c.name.clone(), k.clone())))
+            .collect();
         self.applied = desired.into_iter().collect();
         self.discover = false;
         Ok(())
@@ -459,35 +614,84 @@ impl FamilyState {
         exec: &mut dyn Exec,
         table: &BackendTable,
         settings: &NodeSettings,
+        hasher: ChainHasher,
         keys: &[&ServicePortKey],
         stats: &mut SyncStats,
     ) -> Result<(), DataplaneError> {
-        let wanted: Vec<(&ServicePortKey, Option<PortRules>)> = keys
+        // Ports refused for a collision are retried: their rival may be gone.
+        let retried: Vec<ServicePortKey> = self.collided.iter().filter(|k| !keys.contains(k)).cloned().collect();
+        let mut wanted: Vec<(&ServicePortKey, Option<PortRules>)> = keys
             .iter()
-            .map(|k| (*k, table.plan(k).and_then(|p| port_rules(p, self.family, settings))))
+            .copied()
+            .chain(retried.iter())
+            .map(|k| {
+                (
+                    k,
+                    table.plan(k).and_then(|p| port_rules(p, self.family, settings, hasher)),
+                )
+            })
             .collect();
+        // Removals first: the names they give up may be taken in the same sync.
+        wanted.sort_by_key(|(_, new)| new.is_some());
+        let released: HashSet<String> = wanted
+            .iter()
+            .flat_map(|(k, new)| {
+                let keep: HashSet<&str> = new
+                    .iter()
+                    .flat_map(|r| r.chains.iter().map(|c| c.name.as_str()))
+                    .collect();
+                self.applied
+                    .get(*k)
+                    .into_iter()
+                    .flat_map(|old| old.chains.iter())
+                    .filter(move |c| !keep.contains(c.name.as_str()))
+                    .map(|c| c.name.clone())
+            })
+            .collect();
+        let mut claimed: HashMap<String, ServicePortKey> = HashMap::new();
+        let mut collided = BTreeSet::new();
+        for (k, new) in &mut wanted {
+            let Some(rules) = new.as_ref() else { continue };
+            match collision(k, rules, &self.owners, &claimed, &released) {
+                None => claimed.extend(rules.chains.iter().map(|c| (c.name.clone(), (*k).clone()))),
+                Some((chain, other)) => {
+                    log_collision(self.family, k, &chain, &other);
+                    collided.insert((*k).clone());
+                    // Keep what it had: no change for this port.
+                    *new = self.applied.get(*k).cloned();
+                }
+            }
+        }
         let changes: Vec<(&ServicePortKey, Option<&PortRules>, Option<&PortRules>)> = wanted
             .iter()
             .map(|(k, new)| (*k, self.applied.get(*k), new.as_ref()))
             .collect();
         let input = partial_restore(&changes);
-        if input.is_empty() {
-            return Ok(());
+        if !input.is_empty() {
+            self.restore(exec, &input)?;
+            stats.bytes_written += input.len();
         }
-        self.restore(exec, &input)?;
-        stats.bytes_written += input.len();
+        self.collided = collided;
         let nat = self.known_chains.entry(Table::Nat).or_default();
         for (k, new) in wanted {
             if let Some(old) = self.applied.get(k) {
                 for c in &old.chains {
                     nat.remove(&c.name);
+                    if self.owners.get(&c.name) == Some(k) {
+                        self.owners.remove(&c.name);
+                    }
                 }
+            }
+            if let Some(r) = &new {
+                self.owners.extend(r.chains.iter().map(|c| (c.name.clone(), k.clone())));
             }
             match new {
                 Some(r) => {
                     nat.extend(r.chains.iter().map(|c| c.name.clone()));
+                    if self.applied.get(k) != Some(&r) {
+                        stats.ports_written += 1;
+                    }
                     self.applied.insert(k.clone(), r);
-                    stats.ports_written += 1;
                 }
                 None => {
                     if self.applied.remove(k).is_some() {
@@ -511,6 +715,8 @@ impl FamilyState {
             .map_err(|e| xtables_error(self.family, e))?;
         self.applied.clear();
         self.known_chains.clear();
+        self.owners.clear();
+        self.collided.clear();
         self.discover = true;
         Ok(())
     }
@@ -529,10 +735,17 @@ impl Dataplane for IptablesDataplane {
         }
         for fam in &mut self.families {
             match scope {
-                SyncScope::Full => fam.full_sync(self.exec.as_mut(), table, &self.settings, &mut stats)?,
+                SyncScope::Full => fam.full_sync(self.exec.as_mut(), table, &self.settings, self.hasher, &mut stats)?,
                 SyncScope::Partial(changes) => {
                     let keys: Vec<&ServicePortKey> = changes.iter().collect();
-                    fam.partial_sync(self.exec.as_mut(), table, &self.settings, &keys, &mut stats)?;
+                    fam.partial_sync(
+                        self.exec.as_mut(),
+                        table,
+                        &self.settings,
+                        self.hasher,
+                        &keys,
+                        &mut stats,
+                    )?;
                 }
             }
         }
@@ -545,6 +758,15 @@ impl Dataplane for IptablesDataplane {
             fam.cleanup(self.exec.as_mut())?;
         }
         Ok(())
+    }
+
+    fn check_drift(&mut self) -> Result<Drift, DataplaneError> {
+        for fam in &self.families {
+            if let Some(what) = fam.check_drift(self.exec.as_mut())? {
+                return Ok(Drift::Found(what));
+            }
+        }
+        Ok(Drift::None)
     }
 }
 

@@ -42,6 +42,12 @@ pub const EXTERNAL_SERVICES: &str = "SP-EXTERNAL-SERVICES";
 pub const FIREWALL: &str = "SP-FIREWALL";
 /// filter: forwarding of service traffic.
 pub const FORWARD: &str = "SP-FORWARD";
+/// An empty chain in each of our tables that nothing jumps to, as
+/// kube-proxy's `KUBE-PROXY-CANARY`: it exists from our first full sync on,
+/// so when it is gone someone flushed or deleted the table's chains and the
+/// drift check asks for a full sync. One `-S` of it is the cheapest look at
+/// a table there is.
+pub const CANARY: &str = "SP-CANARY";
 /// The masquerade mark bit (kube-proxy's default, bit 14).
 pub const MASQ_MARK: &str = "0x4000/0x4000";
 
@@ -75,33 +81,68 @@ pub struct PortRules {
     pub chains: Vec<OwnChain>,
 }
 
-/// A short, stable, chain-name-safe hash (iptables chain names are at most
-/// 28 characters, so names cannot carry the service name itself).
-pub fn short_hash(input: &str) -> String {
-    // FNV-1a, 64 bit, printed as 13 base-32 characters.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in input.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+/// Turns the encoded identity of a chain into the hash part of its name.
+/// [`sha256_name`] in production; tests inject a weak one to force
+/// collisions, which the backend must detect.
+pub type ChainHasher = fn(&[u8]) -> String;
+
+/// The hash part of a chain name, as kube-proxy makes it: SHA-256 of the
+/// input, base32 (RFC 4648 alphabet), the first 16 characters (80 bits).
+/// iptables chain names are at most 28 characters, so names cannot carry
+/// the service name itself; a collision is still possible in principle
+/// and the backend checks for it.
+pub fn sha256_name(input: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    (0..13)
-        .map(|i| ALPHABET[((h >> (i * 5)) & 31) as usize] as char)
+    let digest = Sha256::digest(input);
+    // 16 characters of 5 bits: the first 10 bytes, most significant bit first.
+    let bits = digest[..10].iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+    (0..16)
+        .map(|i| ALPHABET[((bits >> (75 - 5 * i)) & 31) as usize] as char)
         .collect()
 }
 
-fn chain(kind: &str, key: &ServicePortKey, family: IpFamily) -> String {
-    // The family is part of the hash so IPv4 and IPv6 chain names never meet
-    // in messages or in a shared save file.
-    format!("{CHAIN_PREFIX}{kind}-{}", short_hash(&format!("{key}/{family}")))
+/// An unambiguous encoding of a chain's identity: each part as
+/// `<length>:<bytes>,` (a netstring), so no choice of names, which may
+/// contain any separator a plain join would use, encodes like another.
+pub fn chain_identity(parts: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend_from_slice(format!("{}:", p.len()).as_bytes());
+        out.extend_from_slice(p.as_bytes());
+        out.push(b',');
+    }
+    out
+}
+
+fn key_parts(key: &ServicePortKey, family: IpFamily) -> [String; 5] {
+    // The family is part of the identity so IPv4 and IPv6 chain names never
+    // meet in messages or in a shared save file.
+    [
+        key.service.namespace.to_string(),
+        key.service.name.to_string(),
+        key.port_name.to_string(),
+        key.protocol.to_string(),
+        family.to_string(),
+    ]
+}
+
+/// Name of a service port's chain of `kind` (`SVC`, `SVL`, `EXT`, `FW`).
+pub fn port_chain(hasher: ChainHasher, kind: &str, key: &ServicePortKey, family: IpFamily) -> String {
+    let parts = key_parts(key, family);
+    let mut all: Vec<&str> = vec![kind];
+    all.extend(parts.iter().map(String::as_str));
+    format!("{CHAIN_PREFIX}{kind}-{}", hasher(&chain_identity(&all)))
 }
 
 /// Name of an endpoint chain.
-pub fn endpoint_chain(key: &ServicePortKey, family: IpFamily, endpoint: &SocketAddr) -> String {
-    format!(
-        "{CHAIN_PREFIX}SEP-{}",
-        short_hash(&format!("{key}/{family}/{endpoint}"))
-    )
+pub fn endpoint_chain(hasher: ChainHasher, key: &ServicePortKey, family: IpFamily, endpoint: &SocketAddr) -> String {
+    let parts = key_parts(key, family);
+    let endpoint = endpoint.to_string();
+    let mut all: Vec<&str> = vec!["SEP"];
+    all.extend(parts.iter().map(String::as_str));
+    all.push(&endpoint);
+    format!("{CHAIN_PREFIX}SEP-{}", hasher(&chain_identity(&all)))
 }
 
 fn proto_match(p: Protocol) -> String {
@@ -124,17 +165,17 @@ fn host(ip: &IpAddr) -> String {
 /// Render the rules of one service port in one family from its frontend
 /// plan: every decision (which chain a frontend jumps to, which traffic is
 /// masqueraded, reject or drop) is the plan's; this only spells it in
-/// iptables.
-pub fn render(fp: &FrontendPlan<'_>) -> PortRules {
+/// iptables. Chain names come from `hasher` (see [`sha256_name`]).
+pub fn render(fp: &FrontendPlan<'_>, hasher: ChainHasher) -> PortRules {
     let mut out = PortRules::default();
     let key = fp.key;
     let family = fp.family;
     let name = key.to_string();
     let proto = proto_match(fp.protocol());
-    let svc = chain("SVC", key, family);
-    let svl = chain("SVL", key, family);
-    let ext = chain("EXT", key, family);
-    let fw = chain("FW", key, family);
+    let svc = port_chain(hasher, "SVC", key, family);
+    let svl = port_chain(hasher, "SVL", key, family);
+    let ext = port_chain(hasher, "EXT", key, family);
+    let fw = port_chain(hasher, "FW", key, family);
     let set_chain = |set: SetKind| match set {
         SetKind::Cluster => &svc,
         SetKind::Local => &svl,
@@ -275,7 +316,14 @@ pub fn render(fp: &FrontendPlan<'_>) -> PortRules {
         if fp.internal.default_set() == Some(set) {
             rules.extend(masq_cluster_ip.clone());
         }
-        rules.extend(balance(key, family, fp.endpoints(set), fp.affinity_timeout, &name));
+        rules.extend(balance(
+            hasher,
+            key,
+            family,
+            fp.endpoints(set),
+            fp.affinity_timeout,
+            &name,
+        ));
         out.chains.push(OwnChain {
             name: chain_name.clone(),
             rules,
@@ -356,7 +404,7 @@ pub fn render(fp: &FrontendPlan<'_>) -> PortRules {
     }
     // Endpoint chains, once per endpoint used by either set.
     for ep in fp.endpoints_in_use() {
-        let sep = endpoint_chain(key, family, &ep);
+        let sep = endpoint_chain(hasher, key, family, &ep);
         let mut rules = vec![format!("{} -s {} -j {MARK_MASQ}", comment(&name), host(&ep.ip()))];
         // With ClientIP affinity the endpoint records the client, so the
         // service chain's `--rcheck` sends it back here within the timeout.
@@ -380,6 +428,7 @@ pub fn render(fp: &FrontendPlan<'_>) -> PortRules {
 /// 1/(n-i), so each endpoint gets 1/n overall. With ClientIP affinity, a
 /// client seen within the timeout goes back to its endpoint first.
 fn balance(
+    hasher: ChainHasher,
     key: &ServicePortKey,
     family: IpFamily,
     endpoints: &[SocketAddr],
@@ -389,7 +438,7 @@ fn balance(
     let mut rules = Vec::with_capacity(endpoints.len() * 2);
     if let Some(timeout) = affinity {
         for ep in endpoints {
-            let sep = endpoint_chain(key, family, ep);
+            let sep = endpoint_chain(hasher, key, family, ep);
             rules.push(format!(
                 "{} -m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}",
                 comment(&format!("{name} -> {ep}"))
@@ -398,7 +447,7 @@ fn balance(
     }
     let n = endpoints.len();
     for (i, ep) in endpoints.iter().enumerate() {
-        let sep = endpoint_chain(key, family, ep);
+        let sep = endpoint_chain(hasher, key, family, ep);
         let mut rule = comment(&format!("{name} -> {ep}"));
         if i + 1 < n {
             let _ = write!(
@@ -444,6 +493,10 @@ pub fn static_chains(table: Table, cfg: &FamilySettings) -> Vec<OwnChain> {
     match table {
         Table::Nat => vec![
             OwnChain {
+                name: CANARY.into(),
+                rules: Vec::new(),
+            },
+            OwnChain {
                 name: SERVICES.into(),
                 rules: Vec::new(),
             },
@@ -481,6 +534,10 @@ pub fn static_chains(table: Table, cfg: &FamilySettings) -> Vec<OwnChain> {
             },
         ],
         Table::Filter => vec![
+            OwnChain {
+                name: CANARY.into(),
+                rules: Vec::new(),
+            },
             OwnChain {
                 name: SERVICES.into(),
                 rules: Vec::new(),
@@ -588,4 +645,33 @@ pub fn jumps() -> Vec<Jump> {
         ),
         j(Table::Filter, "FORWARD", "", FORWARD, "sliceproxy forwarding rules"),
     ]
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+
+    #[test]
+    fn sha256_name_is_kube_proxys_base32_prefix() {
+        // sha256("") = e3b0c442 98fc1c14 ...; base32 of it starts "4OYMIQUY7QOBJGX3".
+        assert_eq!(sha256_name(b""), "4OYMIQUY7QOBJGX3");
+        assert_eq!(sha256_name(b"abc").len(), 16);
+    }
+
+    #[test]
+    fn identities_are_unambiguous() {
+        assert_ne!(chain_identity(&["a/b", "c"]), chain_identity(&["a", "b/c"]));
+        assert_ne!(chain_identity(&["ab", ""]), chain_identity(&["a", "b"]));
+        let k1 = ServicePortKey::new("a-b", "c", "http", Protocol::Tcp);
+        let k2 = ServicePortKey::new("a", "b-c", "http", Protocol::Tcp);
+        assert_ne!(
+            port_chain(sha256_name, "SVC", &k1, IpFamily::V4),
+            port_chain(sha256_name, "SVC", &k2, IpFamily::V4)
+        );
+        assert_ne!(
+            port_chain(sha256_name, "SVC", &k1, IpFamily::V4),
+            port_chain(sha256_name, "SVC", &k1, IpFamily::V6)
+        );
+        assert!(port_chain(sha256_name, "SVC", &k1, IpFamily::V4).len() <= 28);
+    }
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::fake::FakeIptables;
 use super::*;
-use crate::dataplane::SyncScope;
+use crate::dataplane::{Drift, SyncScope};
 use crate::policy::NodeContext;
 use crate::testing::*;
 use crate::track::{ChangeSet, Tracker};
@@ -516,4 +516,153 @@ fn chains_of_the_ipvs_mode_are_not_taken_for_stale_ones() {
     b.sync(t.table(), &SyncScope::Full)
         .expect("a referenced SP-IPVS chain must not be deleted");
     assert!(fake.rules("nat", "SP-IPVS-SERVICES").is_some());
+}
+
+#[test]
+fn drift_check_sees_a_missing_canary_or_jump_with_a_few_cheap_commands() {
+    let t = cluster(3);
+    let (mut b, mut fake) = backend();
+    assert_eq!(b.check_drift().unwrap(), Drift::None, "nothing programmed yet");
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    let calls_before = fake.state().calls.len();
+    assert_eq!(b.check_drift().unwrap(), Drift::None);
+    let calls: Vec<_> = fake.state().calls[calls_before..].to_vec();
+    assert!(
+        calls
+            .iter()
+            .all(|(p, args, _)| !p.ends_with("-save") && args.iter().any(|a| a == "-S")),
+        "only `-S` listings of single chains, never a save: {calls:?}"
+    );
+    assert_eq!(
+        calls.len(),
+        2 + 6,
+        "one canary per table, one listing per built-in chain"
+    );
+    // Someone deletes the canary (as a table flush would).
+    assert!(
+        fake.run("iptables", &["-t", "nat", "-X", rules::CANARY], b"")
+            .unwrap()
+            .success
+    );
+    let Drift::Found(what) = b.check_drift().unwrap() else {
+        panic!("a deleted canary is drift")
+    };
+    assert!(what.contains("canary"), "{what}");
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    assert_eq!(b.check_drift().unwrap(), Drift::None, "repaired");
+    // Someone flushes a built-in chain: our jumps from it are gone.
+    assert!(
+        fake.run("iptables", &["-t", "nat", "-F", "PREROUTING"], b"")
+            .unwrap()
+            .success
+    );
+    let Drift::Found(what) = b.check_drift().unwrap() else {
+        panic!("a missing jump is drift")
+    };
+    assert!(what.contains("PREROUTING"), "{what}");
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    assert_eq!(b.check_drift().unwrap(), Drift::None);
+    assert_eq!(fake.tables(), fresh_full(&t), "the repair equals a fresh full sync");
+}
+
+#[test]
+fn render_full_is_what_a_full_sync_writes_on_a_fresh_node() {
+    let t = cluster(5);
+    let (mut b, fake) = backend();
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    let restores = fake.restores();
+    assert_eq!(restores.len(), 1, "a small table is one transaction");
+    let rendered = IptablesDataplane::render_full(t.table(), IpFamily::V4, &cfg().settings);
+    assert_eq!(rendered, restores[0]);
+    assert!(rendered.contains("-I PREROUTING ") && rendered.contains("-I FORWARD "));
+    // And loading it alone into an empty fake gives the same tables.
+    assert_eq!(fake_full_single(&t), fake.tables());
+}
+
+/// A weak hasher: the identity of service `s2` hashes as that of `s1`, so
+/// every chain of s2 collides with s1's (same endpoints, same names).
+fn s2_collides_with_s1(input: &[u8]) -> String {
+    let text = String::from_utf8_lossy(input).replace("2:s2,", "2:s1,");
+    rules::sha256_name(text.as_bytes())
+}
+
+fn colliding_backend() -> (IptablesDataplane, FakeIptables) {
+    let fake = FakeIptables::new();
+    let b = IptablesDataplane::new(Box::new(fake.clone()), cfg()).with_hasher(s2_collides_with_s1);
+    (b, fake)
+}
+
+/// The nat dispatch rules naming service `name` and the chains they jump to.
+fn dispatch_targets(fake: &FakeIptables, name: &str) -> Vec<String> {
+    fake.rules("nat", rules::SERVICES)
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.contains(&format!("ns/{name}:")))
+        .map(|r| r.rsplit(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_colliding_chain_name_is_never_shared_or_overwritten_in_a_full_sync() {
+    let mut t = Tracker::new(NodeContext::new("node-a"));
+    svc(&mut t, "s1", "10.96.0.1", json!({}));
+    eps(&mut t, "s1", &["10.244.1.1"]);
+    let (mut alone, alone_fake) = colliding_backend();
+    alone.sync(t.table(), &SyncScope::Full).unwrap();
+    // s2 has another endpoint; with the weak hasher its chains get s1's names.
+    svc(&mut t, "s2", "10.96.0.2", json!({}));
+    eps(&mut t, "s2", &["10.244.1.2"]);
+    let (mut b, fake) = colliding_backend();
+    b.sync(t.table(), &SyncScope::Full)
+        .expect("the rest of the table is programmed");
+    assert_eq!(
+        fake.tables()["nat"]
+            .iter()
+            .filter(|(n, _)| n.starts_with("SP-SVC-") || n.starts_with("SP-SEP-"))
+            .collect::<Vec<_>>(),
+        alone_fake.tables()["nat"]
+            .iter()
+            .filter(|(n, _)| n.starts_with("SP-SVC-") || n.starts_with("SP-SEP-"))
+            .collect::<Vec<_>>(),
+        "s1's chains are exactly as without s2"
+    );
+    assert!(
+        dispatch_targets(&fake, "s2").is_empty(),
+        "s2 never jumps into s1's chain"
+    );
+    assert_eq!(dispatch_targets(&fake, "s1").len(), 1);
+    // The same through a partial sync: s1 programmed, then s2 arrives.
+    let mut t1 = Tracker::new(NodeContext::new("node-a"));
+    svc(&mut t1, "s1", "10.96.0.1", json!({}));
+    eps(&mut t1, "s1", &["10.244.1.1"]);
+    let (mut p, pfake) = colliding_backend();
+    p.sync(t1.table(), &SyncScope::Full).unwrap();
+    let before = pfake.tables();
+    let mut cs = svc(&mut t1, "s2", "10.96.0.2", json!({}));
+    cs.merge(eps(&mut t1, "s2", &["10.244.1.2"]));
+    p.sync(t1.table(), &SyncScope::Partial(cs)).expect("partial sync");
+    assert_eq!(
+        pfake.tables(),
+        before,
+        "nothing of s2 written, nothing of s1 overwritten"
+    );
+    // Once s1 is gone, s2 gets the name at the next sync (it is retried).
+    let cs = t1.delete_service(&crate::model::ServiceKey::new("ns", "s1"));
+    p.sync(t1.table(), &SyncScope::Partial(cs)).unwrap();
+    assert_eq!(dispatch_targets(&pfake, "s2").len(), 1, "s2 programmed once s1 is gone");
+    assert!(dispatch_targets(&pfake, "s1").is_empty());
+    let svc_chain = &dispatch_targets(&pfake, "s2")[0];
+    let body = pfake.rules("nat", svc_chain).unwrap();
+    let sep = body
+        .iter()
+        .find_map(|r| r.rsplit(' ').next().filter(|c| c.starts_with("SP-SEP-")))
+        .unwrap();
+    assert!(
+        pfake
+            .rules("nat", sep)
+            .unwrap()
+            .iter()
+            .any(|r| r.contains("10.244.1.2:8080")),
+        "s2's own endpoint"
+    );
 }
