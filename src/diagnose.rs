@@ -15,7 +15,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
 use crate::dataplane::frontends::{ClientClass, FrontendPlan, NodeSettings, Route, Verdict};
-use crate::dataplane::iptables::programmed::{FrontendKey, Programmed, Refusal, programmed_frontends};
+use crate::dataplane::iptables::programmed::programmed_frontends;
+use crate::dataplane::programmed::{FrontendKey, Programmed, Refusal};
 use crate::model::{IpFamily, ServiceKey};
 use crate::policy::{PortPlan, TopologyMode};
 use crate::snapshot::Snapshot;
