@@ -67,6 +67,8 @@ pub enum Cause {
     TopologyHints,
     /// What is programmed differs from what should be.
     ProgrammedDiffers,
+    /// The node's rules do what the plan says for every frontend of a port.
+    ProgrammedAsPlanned,
     /// The rules of the mode are absent altogether (our nftables table does
     /// not exist: the agent is not running in this mode, or not here).
     RulesAbsent,
@@ -76,6 +78,8 @@ pub enum Cause {
 /// which families have no rules of ours at all.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
+    /// Where it was read from, for people (`iptables-save dump`, ...).
+    pub source: String,
     /// Per frontend: the DNAT targets reachable and any refusal.
     pub frontends: BTreeMap<FrontendKey, Programmed>,
     /// Families with nothing of ours, and what is missing (one sentence).
@@ -86,6 +90,7 @@ impl Observed {
     /// From an `iptables-save` dump (both families may be concatenated).
     pub fn from_iptables_save(save: &str) -> Observed {
         Observed {
+            source: "iptables-save dump".into(),
             frontends: iptables::programmed::programmed_frontends(save),
             absent: Vec::new(),
         }
@@ -111,6 +116,7 @@ impl Observed {
             }
         }
         Observed {
+            source: "nftables tables".into(),
             frontends: nftables::programmed_frontends(&present),
             absent,
         }
@@ -528,7 +534,18 @@ fn diagnose_service(
                     );
                 }
             }
-            let differs = programmed_differences(plan, settings, &observed.frontends);
+            let (checked, differs) = programmed_differences(plan, settings, &observed.frontends);
+            if differs.is_empty() && checked > 0 {
+                out.push(
+                    Cause::ProgrammedAsPlanned,
+                    Severity::Note,
+                    format!(
+                        "{pk}: the node's rules ({}) do what the plan says for all {checked} frontends",
+                        observed.source
+                    ),
+                    Vec::new(),
+                );
+            }
             if !differs.is_empty() {
                 out.push(
                     Cause::ProgrammedDiffers,
@@ -543,8 +560,8 @@ fn diagnose_service(
     }
 }
 
-/// Every frontend of a service port whose rules in the dump do not do what
-/// its frontend plan says, as one line of evidence each: the DNAT targets
+/// How many frontends of a service port were checked, and every one whose
+/// rules do not do what its frontend plan says, as one line of evidence each: the DNAT targets
 /// its dispatch rules reach must be exactly the endpoints some client is
 /// forwarded to; a frontend nobody is forwarded through must be refused
 /// (REJECT) or dropped (DROP) in the filter table, and reach nothing.
@@ -552,13 +569,15 @@ fn programmed_differences(
     plan: &PortPlan,
     settings: &NodeSettings,
     programmed: &BTreeMap<FrontendKey, Programmed>,
-) -> Vec<String> {
+) -> (usize, Vec<String>) {
+    let mut checked = 0;
     let mut out = Vec::new();
     for family in IpFamily::ALL {
         let Some(fp) = FrontendPlan::new(plan, family, settings) else {
             continue;
         };
         for fe in &fp.frontends {
+            checked += 1;
             let want: BTreeSet<SocketAddr> = ClientClass::ALL
                 .iter()
                 .filter_map(|&c| match fe.verdict(c) {
@@ -608,7 +627,7 @@ fn programmed_differences(
             ));
         }
     }
-    out
+    (checked, out)
 }
 
 fn list(set: &BTreeSet<SocketAddr>) -> String {
@@ -825,6 +844,17 @@ mod tests {
             assert_eq!(
                 seen.frontends[&key("10.96.0.40", 6379, Protocol::Tcp)].refusal,
                 Some(Refusal::Drop)
+            );
+            let d = diagnose(
+                &snapshot,
+                &ServiceKey::new("demo", "web"),
+                NODE,
+                &settings.node,
+                Some(&seen),
+            );
+            assert!(
+                d.findings.iter().any(|f| f.cause == Cause::ProgrammedAsPlanned),
+                "{d:#?}"
             );
             let keys = services(&snapshot);
             assert!(keys.len() >= 9);
