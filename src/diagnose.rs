@@ -600,7 +600,7 @@ fn programmed_differences(
             let ok = if want.is_empty() {
                 have.dnat.is_empty() && have.refusal == Some(refusal)
             } else {
-                have.dnat == want
+                have.dnat == want && have.unmapped.is_empty()
             };
             if ok {
                 continue;
@@ -613,12 +613,16 @@ fn programmed_differences(
             } else {
                 format!("reach {}", list(&want))
             };
-            let programmed = match (have.dnat.is_empty(), have.refusal) {
+            let mut programmed = match (have.dnat.is_empty(), have.refusal) {
                 (false, _) => list(&have.dnat),
                 (true, Some(Refusal::Reject)) => "REJECT".into(),
                 (true, Some(Refusal::Drop)) => "DROP".into(),
                 (true, None) => "(no rule)".into(),
             };
+            for gap in &have.unmapped {
+                programmed.push_str("; ");
+                programmed.push_str(gap);
+            }
             out.push(format!(
                 "{} {} {}: should {should}; programmed: {programmed}",
                 fe.kind.as_str(),
@@ -838,7 +842,8 @@ mod tests {
                 seen.frontends[&key("10.96.0.70", 80, Protocol::Tcp)],
                 Programmed {
                     dnat: BTreeSet::new(),
-                    refusal: Some(Refusal::Reject)
+                    refusal: Some(Refusal::Reject),
+                    unmapped: Vec::new(),
                 }
             );
             assert_eq!(
@@ -933,6 +938,30 @@ mod tests {
         assert!(
             ev.iter()
                 .any(|e| e.contains("192.168.50.10:30080") && e.ends_with("(no rule)")),
+            "{ev:?}"
+        );
+
+        // Maglev: one slot of web's cluster IP unmapped. Both endpoints are
+        // still reachable through other slots, but connections drawing that
+        // slot are not translated.
+        let (_, maglev) = example(Scheduler::Maglev);
+        let mut broken = tables(&snapshot, &maglev);
+        let slots = broken[0].set_mut(&name("slots-ip-cluster")).unwrap();
+        let web_slot = |e: &crate::dataplane::nftables::model::Element| {
+            e.key.first() == Some(&KeyPart::Value(Value::Ipv4("10.96.0.10".parse().unwrap())))
+                && e.key.get(2) == Some(&KeyPart::Value(Value::Port(80)))
+        };
+        let before = slots.elements.iter().filter(|e| web_slot(e)).count();
+        assert!(before > 2, "a Maglev table has more slots than endpoints");
+        let gone = slots.elements.iter().position(web_slot).unwrap();
+        slots.elements.remove(gone);
+        let d = diagnose(&snapshot, &web, NODE, &maglev.node, Some(&observed(broken)));
+        let ev = evidence(&d, Cause::ProgrammedDiffers);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(
+            ev[0].starts_with("ClusterIP 10.96.0.10:80 TCP:")
+                && ev[0].contains("programmed: 10.244.1.10:8080, 10.244.2.10:8080; 1 of ")
+                && ev[0].contains("slots unmapped in map slots-ip-cluster"),
             "{ev:?}"
         );
 

@@ -36,4 +36,8 @@ pub struct Programmed {
     pub dnat: BTreeSet<SocketAddr>,
     /// A reject or drop reachable for the frontend.
     pub refusal: Option<Refusal>,
+    /// Ways some new connections miss every DNAT target although the
+    /// frontend is dispatched (nftables: a slot a `numgen`/hash can pick
+    /// that its map lacks), one sentence each.
+    pub unmapped: Vec<String>,
 }

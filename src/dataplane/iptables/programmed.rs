@@ -214,7 +214,8 @@ COMMIT
             p[&key("10.96.0.11", 80, Protocol::Tcp)],
             Programmed {
                 dnat: BTreeSet::new(),
-                refusal: Some(Refusal::Reject)
+                refusal: Some(Refusal::Reject),
+                unmapped: Vec::new(),
             }
         );
         assert_eq!(

@@ -199,13 +199,23 @@ fn reach(table: &Table, key: &FrontendKey, chain: &str, seen: &mut BTreeSet<Stri
                     out.dnat.insert(SocketAddr::new(*addr, port.unwrap_or(0)));
                 }
                 Stmt::Dnat(NatTo::Map { key: lookup, map, port }) => {
-                    if let Some(map) = table.set(map) {
-                        out.dnat.extend(
-                            map.elements
-                                .iter()
-                                .filter(|e| key_matches(lookup, key, &e.key))
-                                .filter_map(|e| target(e.data.as_ref()?, *port)),
-                        );
+                    let elements: Vec<_> = table
+                        .set(map)
+                        .map(|m| m.elements.iter().filter(|e| key_matches(lookup, key, &e.key)).collect())
+                        .unwrap_or_default();
+                    out.dnat
+                        .extend(elements.iter().filter_map(|e| target(e.data.as_ref()?, *port)));
+                    // Every slot the generator can pick must be mapped, or the
+                    // connections that draw it are not translated at all.
+                    if let Some(slots) = slots(lookup) {
+                        let mapped = elements.len().min(slots as usize);
+                        if mapped < slots as usize {
+                            out.unmapped.push(format!(
+                                "{} of {slots} slots unmapped in map {map} (chain {})",
+                                slots as usize - mapped,
+                                chain.name.as_str()
+                            ));
+                        }
                     }
                 }
                 Stmt::Reject(_) => refuse(out, Refusal::Reject),
@@ -243,6 +253,30 @@ fn key_matches(lookup: &[Expr], frontend: &FrontendKey, key: &[KeyPart]) -> bool
                 _ => true,
             }
         })
+}
+
+/// The number of slots a lookup key draws from, when it is the frontend's
+/// destination fields and one generator (`numgen`/`jhash`/`symhash` mod N):
+/// each matching element then maps exactly one slot.
+fn slots(lookup: &[Expr]) -> Option<u32> {
+    let mut generators = lookup.iter().filter_map(|e| match e {
+        Expr::Numgen { modulus } | Expr::Jhash { modulus, .. } | Expr::Symhash { modulus } => Some(*modulus),
+        _ => None,
+    });
+    let modulus = generators.next()?;
+    let destination_only = lookup.iter().all(|e| {
+        matches!(
+            e,
+            Expr::IpDaddr
+                | Expr::Ip6Daddr
+                | Expr::MetaL4proto
+                | Expr::ThDport
+                | Expr::Numgen { .. }
+                | Expr::Jhash { .. }
+                | Expr::Symhash { .. }
+        )
+    });
+    (generators.next().is_none() && destination_only).then_some(modulus)
 }
 
 /// The DNAT target of a map element: `addr . port`, or `addr` with a fixed port.
