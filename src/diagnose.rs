@@ -4,7 +4,8 @@
 //! table the agent would build, and compares the objects with each other:
 //! the selector with the Pods, the Service ports with the slice ports, the
 //! traffic policies and topology hints with this node, and optionally what
-//! an iptables-save dump shows programmed with what should be.
+//! the node's rules do ([`Observed`]: an iptables-save dump, or our nftables
+//! tables read from the kernel) with what should be.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -15,7 +16,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
 use crate::dataplane::frontends::{ClientClass, FrontendPlan, NodeSettings, Route, Verdict};
-use crate::dataplane::iptables::programmed::{FrontendKey, Programmed, Refusal, programmed_frontends};
+use crate::dataplane::iptables;
+use crate::dataplane::nftables;
+use crate::dataplane::programmed::{FrontendKey, Programmed, Refusal};
 use crate::model::{IpFamily, ServiceKey};
 use crate::policy::{PortPlan, TopologyMode};
 use crate::snapshot::Snapshot;
@@ -64,6 +67,60 @@ pub enum Cause {
     TopologyHints,
     /// What is programmed differs from what should be.
     ProgrammedDiffers,
+    /// The node's rules do what the plan says for every frontend of a port.
+    ProgrammedAsPlanned,
+    /// The rules of the mode are absent altogether (our nftables table does
+    /// not exist: the agent is not running in this mode, or not here).
+    RulesAbsent,
+}
+
+/// What a node's rules do, per frontend, read back by structure, and
+/// which families have no rules of ours at all.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Where it was read from, for people (`iptables-save dump`, ...).
+    pub source: String,
+    /// Per frontend: the DNAT targets reachable and any refusal.
+    pub frontends: BTreeMap<FrontendKey, Programmed>,
+    /// Families with nothing of ours, and what is missing (one sentence).
+    pub absent: Vec<(IpFamily, String)>,
+}
+
+impl Observed {
+    /// From an `iptables-save` dump (both families may be concatenated).
+    pub fn from_iptables_save(save: &str) -> Observed {
+        Observed {
+            source: "iptables-save dump".into(),
+            frontends: iptables::programmed::programmed_frontends(save),
+            absent: Vec::new(),
+        }
+    }
+
+    /// From our nftables tables per family, as read from the kernel
+    /// (`None`: the family's table does not exist) or as a full sync
+    /// builds them.
+    pub fn from_nftables(tables: Vec<(IpFamily, Option<nftables::model::Table>)>) -> Observed {
+        let mut absent = Vec::new();
+        let mut present = Vec::new();
+        for (family, table) in tables {
+            match table {
+                Some(t) => present.push(t),
+                None => absent.push((
+                    family,
+                    format!(
+                        "no nftables table {} {} in this network namespace",
+                        nftables::ruleset::table_family(family).keyword(),
+                        nftables::ruleset::TABLE
+                    ),
+                )),
+            }
+        }
+        Observed {
+            source: "nftables tables".into(),
+            frontends: nftables::programmed_frontends(&present),
+            absent,
+        }
+    }
 }
 
 /// How much a finding matters.
@@ -141,14 +198,14 @@ impl Out {
 }
 
 /// Diagnose `key` as seen from `node`, whose settings are `settings`.
-/// `programmed` is an iptables-save dump of that node, when available: it is
+/// `programmed` is what that node's rules do, when available: it is
 /// compared, frontend by frontend, with the frontend plan `render` prints.
 pub fn diagnose(
     snapshot: &Snapshot,
     key: &ServiceKey,
     node: &str,
     settings: &NodeSettings,
-    programmed: Option<&str>,
+    programmed: Option<&Observed>,
 ) -> Diagnosis {
     let mut out = Out { findings: Vec::new() };
     match snapshot.service(key) {
@@ -180,10 +237,9 @@ fn diagnose_service(
     key: &ServiceKey,
     node: &str,
     settings: &NodeSettings,
-    programmed: Option<&str>,
+    programmed: Option<&Observed>,
     out: &mut Out,
 ) {
-    let programmed = programmed.map(programmed_frontends);
     let svc_labels = labels(&svc.metadata);
     if let Some(proxy) = svc_labels.get(SERVICE_PROXY_NAME_LABEL) {
         out.push(
@@ -460,8 +516,36 @@ fn diagnose_service(
                 );
             }
         }
-        if let Some(programmed) = &programmed {
-            let differs = programmed_differences(plan, settings, programmed);
+        if let Some(observed) = programmed {
+            for (family, what) in &observed.absent {
+                if info.has_family(*family)
+                    && !out
+                        .findings
+                        .iter()
+                        .any(|f| f.cause == Cause::RulesAbsent && f.message == *what)
+                {
+                    out.push(
+                        Cause::RulesAbsent,
+                        Severity::Reason,
+                        what.clone(),
+                        vec![format!(
+                            "{key} has {family} frontends; is the agent running here, with --proxy-mode nftables?"
+                        )],
+                    );
+                }
+            }
+            let (checked, differs) = programmed_differences(plan, settings, &observed.frontends);
+            if differs.is_empty() && checked > 0 {
+                out.push(
+                    Cause::ProgrammedAsPlanned,
+                    Severity::Note,
+                    format!(
+                        "{pk}: the node's rules ({}) do what the plan says for all {checked} frontends",
+                        observed.source
+                    ),
+                    Vec::new(),
+                );
+            }
             if !differs.is_empty() {
                 out.push(
                     Cause::ProgrammedDiffers,
@@ -476,8 +560,8 @@ fn diagnose_service(
     }
 }
 
-/// Every frontend of a service port whose rules in the dump do not do what
-/// its frontend plan says, as one line of evidence each: the DNAT targets
+/// How many frontends of a service port were checked, and every one whose
+/// rules do not do what its frontend plan says, as one line of evidence each: the DNAT targets
 /// its dispatch rules reach must be exactly the endpoints some client is
 /// forwarded to; a frontend nobody is forwarded through must be refused
 /// (REJECT) or dropped (DROP) in the filter table, and reach nothing.
@@ -485,13 +569,15 @@ fn programmed_differences(
     plan: &PortPlan,
     settings: &NodeSettings,
     programmed: &BTreeMap<FrontendKey, Programmed>,
-) -> Vec<String> {
+) -> (usize, Vec<String>) {
+    let mut checked = 0;
     let mut out = Vec::new();
     for family in IpFamily::ALL {
         let Some(fp) = FrontendPlan::new(plan, family, settings) else {
             continue;
         };
         for fe in &fp.frontends {
+            checked += 1;
             let want: BTreeSet<SocketAddr> = ClientClass::ALL
                 .iter()
                 .filter_map(|&c| match fe.verdict(c) {
@@ -514,7 +600,7 @@ fn programmed_differences(
             let ok = if want.is_empty() {
                 have.dnat.is_empty() && have.refusal == Some(refusal)
             } else {
-                have.dnat == want
+                have.dnat == want && have.unmapped.is_empty()
             };
             if ok {
                 continue;
@@ -527,12 +613,16 @@ fn programmed_differences(
             } else {
                 format!("reach {}", list(&want))
             };
-            let programmed = match (have.dnat.is_empty(), have.refusal) {
+            let mut programmed = match (have.dnat.is_empty(), have.refusal) {
                 (false, _) => list(&have.dnat),
                 (true, Some(Refusal::Reject)) => "REJECT".into(),
                 (true, Some(Refusal::Drop)) => "DROP".into(),
                 (true, None) => "(no rule)".into(),
             };
+            for gap in &have.unmapped {
+                programmed.push_str("; ");
+                programmed.push_str(gap);
+            }
             out.push(format!(
                 "{} {} {}: should {should}; programmed: {programmed}",
                 fe.kind.as_str(),
@@ -541,7 +631,7 @@ fn programmed_differences(
             ));
         }
     }
-    out
+    (checked, out)
 }
 
 fn list(set: &BTreeSet<SocketAddr>) -> String {
@@ -662,4 +752,230 @@ pub fn to_text(d: &Diagnosis) -> String {
         }
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::dataplane::nftables::backend::full_tables;
+    use crate::dataplane::nftables::model::{ElemData, KeyPart, Stmt, Table, Value, name};
+    use crate::dataplane::nftables::{NftSettings, Scheduler};
+    use crate::model::Protocol;
+
+    const NODE: &str = "node-a";
+
+    /// node-a of `examples/cluster.yaml` with the settings of its README
+    /// example (as `tests/nftables_render.rs` uses them).
+    fn example(scheduler: Scheduler) -> (Snapshot, NftSettings) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster.yaml");
+        let snapshot = Snapshot::from_file(&path).expect("example snapshot");
+        let settings = NftSettings {
+            node: NodeSettings::new(
+                &["10.244.0.0/16".parse().unwrap(), "fd00:244::/32".parse().unwrap()],
+                false,
+                &["192.168.50.10".parse().unwrap(), "fd00:50::10".parse().unwrap()],
+            )
+            .with_service_cidrs(&["10.96.0.0/16".parse().unwrap(), "fd00:96::/108".parse().unwrap()]),
+            scheduler,
+        };
+        (snapshot, settings)
+    }
+
+    fn tables(snapshot: &Snapshot, settings: &NftSettings) -> Vec<Table> {
+        let (tracker, errors) = snapshot.tracker(NODE);
+        assert!(errors.is_empty(), "{errors:?}");
+        full_tables(tracker.table(), &IpFamily::ALL, settings)
+    }
+
+    fn observed(tables: Vec<Table>) -> Observed {
+        Observed::from_nftables(IpFamily::ALL.into_iter().zip(tables.into_iter().map(Some)).collect())
+    }
+
+    fn services(snapshot: &Snapshot) -> Vec<ServiceKey> {
+        snapshot
+            .services
+            .iter()
+            .map(|s| {
+                let (ns, name) = convert::object_key(&s.metadata);
+                ServiceKey::new(&ns, &name)
+            })
+            .collect()
+    }
+
+    /// The evidence of every finding with `cause`.
+    fn evidence(d: &Diagnosis, cause: Cause) -> Vec<String> {
+        d.findings
+            .iter()
+            .filter(|f| f.cause == cause)
+            .flat_map(|f| f.evidence.iter().cloned())
+            .collect()
+    }
+
+    fn key(address: &str, port: u16, protocol: Protocol) -> FrontendKey {
+        FrontendKey {
+            address: address.parse().unwrap(),
+            port,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn diagnose_nftables_full_tables_agree_with_the_plan_for_every_frontend() {
+        for scheduler in [Scheduler::Random, Scheduler::Maglev] {
+            let (snapshot, settings) = example(scheduler);
+            let seen = observed(tables(&snapshot, &settings));
+            // Spot checks that the reading is not vacuous: a cluster IP with
+            // two endpoints, a node port on its address, a reject, a drop.
+            let web: BTreeSet<SocketAddr> = ["10.244.1.10:8080", "10.244.2.10:8080"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect();
+            assert_eq!(seen.frontends[&key("10.96.0.10", 80, Protocol::Tcp)].dnat, web);
+            assert_eq!(
+                seen.frontends[&key("192.168.50.10", 30080, Protocol::Tcp)].dnat.len(),
+                2,
+                "{scheduler:?}"
+            );
+            assert_eq!(
+                seen.frontends[&key("10.96.0.70", 80, Protocol::Tcp)],
+                Programmed {
+                    dnat: BTreeSet::new(),
+                    refusal: Some(Refusal::Reject),
+                    unmapped: Vec::new(),
+                }
+            );
+            assert_eq!(
+                seen.frontends[&key("10.96.0.40", 6379, Protocol::Tcp)].refusal,
+                Some(Refusal::Drop)
+            );
+            let d = diagnose(
+                &snapshot,
+                &ServiceKey::new("demo", "web"),
+                NODE,
+                &settings.node,
+                Some(&seen),
+            );
+            assert!(
+                d.findings.iter().any(|f| f.cause == Cause::ProgrammedAsPlanned),
+                "{d:#?}"
+            );
+            let keys = services(&snapshot);
+            assert!(keys.len() >= 9);
+            for svc in keys {
+                let d = diagnose(&snapshot, &svc, NODE, &settings.node, Some(&seen));
+                assert!(
+                    !d.findings
+                        .iter()
+                        .any(|f| matches!(f.cause, Cause::ProgrammedDiffers | Cause::RulesAbsent)),
+                    "{scheduler:?} {svc}: {:#?}",
+                    d.findings
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn diagnose_nftables_broken_tables_name_the_frontend() {
+        let (snapshot, settings) = example(Scheduler::Random);
+        let web = ServiceKey::new("demo", "web");
+        let shop = ServiceKey::new("demo", "shop");
+        let run = |tables: Vec<Table>, svc: &ServiceKey| {
+            diagnose(&snapshot, svc, NODE, &settings.node, Some(&observed(tables)))
+        };
+
+        // The dispatch element of web's cluster IP removed.
+        let mut broken = tables(&snapshot, &settings);
+        let ips = broken[0].set_mut(&name("service-ips")).unwrap();
+        let before = ips.elements.len();
+        ips.elements.retain(|e| {
+            e.key.first() != Some(&KeyPart::Value(Value::Ipv4("10.96.0.10".parse().unwrap())))
+                || e.key.get(2) != Some(&KeyPart::Value(Value::Port(80)))
+        });
+        assert_eq!(ips.elements.len(), before - 1);
+        let d = run(broken.clone(), &web);
+        assert!(!d.traffic_should_flow);
+        assert_eq!(
+            evidence(&d, Cause::ProgrammedDiffers),
+            vec!["ClusterIP 10.96.0.10:80 TCP: should reach 10.244.1.10:8080, 10.244.2.10:8080; programmed: (no rule)"]
+        );
+        assert!(run(broken, &shop).traffic_should_flow, "other services unaffected");
+
+        // One slot of shop's cluster IP re-pointed to an address that is no endpoint.
+        let mut broken = tables(&snapshot, &settings);
+        let slots = broken[0].set_mut(&name("slots-ip-cluster")).unwrap();
+        let slot = slots
+            .elements
+            .iter_mut()
+            .find(|e| {
+                e.key.first() == Some(&KeyPart::Value(Value::Ipv4("10.96.0.30".parse().unwrap())))
+                    && e.key.get(3) == Some(&KeyPart::Value(Value::Int(1)))
+            })
+            .unwrap();
+        slot.data = Some(ElemData::Values(vec![
+            Value::Ipv4("10.244.9.9".parse().unwrap()),
+            Value::Port(8080),
+        ]));
+        let d = run(broken, &shop);
+        let ev = evidence(&d, Cause::ProgrammedDiffers);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(ev[0].starts_with("ClusterIP 10.96.0.30:80 TCP:"), "{ev:?}");
+        assert!(
+            ev[0].ends_with("programmed: 10.244.1.30:8080, 10.244.9.9:8080"),
+            "{ev:?}"
+        );
+
+        // The dispatch rule of node ports deleted: the map's elements stay but reach nothing.
+        let mut broken = tables(&snapshot, &settings);
+        let dispatch = broken[0].chain_mut(&name("services-dispatch")).unwrap();
+        dispatch.rules.retain(|r| {
+            !r.stmts
+                .iter()
+                .any(|s| matches!(s, Stmt::Vmap { map, .. } if map.as_str() == "service-nodeports"))
+        });
+        let ev = evidence(&run(broken, &shop), Cause::ProgrammedDiffers);
+        assert!(
+            ev.iter()
+                .any(|e| e.contains("192.168.50.10:30080") && e.ends_with("(no rule)")),
+            "{ev:?}"
+        );
+
+        // Maglev: one slot of web's cluster IP unmapped. Both endpoints are
+        // still reachable through other slots, but connections drawing that
+        // slot are not translated.
+        let (_, maglev) = example(Scheduler::Maglev);
+        let mut broken = tables(&snapshot, &maglev);
+        let slots = broken[0].set_mut(&name("slots-ip-cluster")).unwrap();
+        let web_slot = |e: &crate::dataplane::nftables::model::Element| {
+            e.key.first() == Some(&KeyPart::Value(Value::Ipv4("10.96.0.10".parse().unwrap())))
+                && e.key.get(2) == Some(&KeyPart::Value(Value::Port(80)))
+        };
+        let before = slots.elements.iter().filter(|e| web_slot(e)).count();
+        assert!(before > 2, "a Maglev table has more slots than endpoints");
+        let gone = slots.elements.iter().position(web_slot).unwrap();
+        slots.elements.remove(gone);
+        let d = diagnose(&snapshot, &web, NODE, &maglev.node, Some(&observed(broken)));
+        let ev = evidence(&d, Cause::ProgrammedDiffers);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(
+            ev[0].starts_with("ClusterIP 10.96.0.10:80 TCP:")
+                && ev[0].contains("programmed: 10.244.1.10:8080, 10.244.2.10:8080; 1 of ")
+                && ev[0].contains("slots unmapped in map slots-ip-cluster"),
+            "{ev:?}"
+        );
+
+        // No IPv6 table: a dual-stack service is told so.
+        let mut both = tables(&snapshot, &settings);
+        both.truncate(1);
+        let seen = Observed::from_nftables(vec![(IpFamily::V4, both.pop()), (IpFamily::V6, None)]);
+        let d = diagnose(&snapshot, &web, NODE, &settings.node, Some(&seen));
+        assert!(
+            d.findings
+                .iter()
+                .any(|f| f.cause == Cause::RulesAbsent && f.message.contains("ip6 sliceproxy")),
+            "{:#?}",
+            d.findings
+        );
+    }
 }

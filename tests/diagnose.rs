@@ -435,3 +435,188 @@ fn programmed_rules_of_the_example_match_the_plan() {
     assert!(diagnose("demo/api", &stale).contains(&"programmed-differs".to_string()));
     assert!(!diagnose("demo/web", &stale).contains(&"programmed-differs".to_string()));
 }
+
+/// A network namespace `diag-<pid>-<n>` with `lo` up, deleted by name on
+/// drop (also when the test panics). Nothing in it routes anywhere.
+struct DiagNetns(String);
+
+impl DiagNetns {
+    fn new() -> DiagNetns {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "diag-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
+        assert!(ok.success(), "ip netns add {name} (needs root)");
+        let ns = DiagNetns(name);
+        assert!(ns.exec(&["ip", "link", "set", "lo", "up"]).status.success());
+        ns
+    }
+
+    /// `ip netns exec NAME cmd...`, with `stdin` when given.
+    fn exec_with(&self, cmd: &[&str], stdin: Option<&str>) -> std::process::Output {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    fn exec(&self, cmd: &[&str]) -> std::process::Output {
+        self.exec_with(cmd, None)
+    }
+}
+
+impl Drop for DiagNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// `diagnose --proxy-mode nftables` inside a namespace where the script
+/// `render --proxy-mode nftables` prints was loaded by `nft -f`: every
+/// Service of the example is reported programmed as planned (read back over
+/// netlink); with one dispatch element deleted by `nft delete element`, the
+/// finding names exactly that frontend; with our tables gone, a clear
+/// finding and no crash.
+#[test]
+fn nftables_tables_in_a_namespace_compared_with_the_plan() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster.yaml");
+    let example = example.to_str().unwrap();
+    let common = [
+        "-f",
+        example,
+        "--hostname-override",
+        NODE,
+        "--cluster-cidr",
+        "10.244.0.0/16,fd00:244::/32",
+        "--proxy-mode",
+        "nftables",
+    ];
+    let rendered = bin().arg("render").args(common).output().unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let script = String::from_utf8(rendered.stdout).unwrap();
+    assert!(script.contains("10.96.0.10 . tcp . 80 : goto"), "the example changed");
+
+    let ns = DiagNetns::new();
+    let loaded = ns.exec_with(&["nft", "-f", "-"], Some(&script));
+    assert!(
+        loaded.status.success(),
+        "nft -f: {}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let sliceproxy = env!("CARGO_BIN_EXE_sliceproxy");
+    let diagnose = |service: &str| -> (i32, Value) {
+        let mut cmd = vec![sliceproxy, "diagnose", service];
+        cmd.extend(common);
+        cmd.extend(["-o", "json"]);
+        let out = ns.exec(&cmd);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{service}: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap(), v)
+    };
+    let evidence = |v: &Value, cause: &str| -> Vec<String> {
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["cause"] == cause)
+            .flat_map(|f| f["evidence"].as_array().cloned().unwrap_or_default())
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect()
+    };
+    for svc in [
+        "web",
+        "dns",
+        "api",
+        "shop",
+        "shop-remote",
+        "node-cache",
+        "legacy",
+        "empty",
+        "v6-only",
+    ] {
+        let (_, v) = diagnose(&format!("demo/{svc}"));
+        let reasons = causes(&v, "reason");
+        assert!(
+            !reasons.iter().any(|r| r == "programmed-differs" || r == "rules-absent"),
+            "{svc}: {v:#}"
+        );
+        assert!(
+            causes(&v, "note").contains(&"programmed-as-planned".to_string()),
+            "{svc}: {v:#}"
+        );
+    }
+    let (code, v) = diagnose("demo/web");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["trafficShouldFlow"], true);
+
+    // One dispatch element gone: web's cluster IP port 80 reaches nothing.
+    let deleted = ns.exec(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "sliceproxy",
+        "service-ips",
+        "{ 10.96.0.10 . tcp . 80 }",
+    ]);
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    let (code, v) = diagnose("demo/web");
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(causes(&v, "reason"), vec!["programmed-differs"], "{v:#}");
+    let ev = evidence(&v, "programmed-differs");
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(
+        ev[0].starts_with("ClusterIP 10.96.0.10:80 TCP:") && ev[0].ends_with("programmed: (no rule)"),
+        "{ev:?}"
+    );
+    let (code, _) = diagnose("demo/shop");
+    assert_eq!(code, 0, "other services unaffected");
+
+    // Our tables gone: a finding that says so, not a crash.
+    for family in ["ip", "ip6"] {
+        assert!(
+            ns.exec(&["nft", "delete", "table", family, "sliceproxy"])
+                .status
+                .success()
+        );
+    }
+    let (code, v) = diagnose("demo/web");
+    assert_eq!(code, 1);
+    let absent: Vec<&Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["cause"] == "rules-absent")
+        .collect();
+    assert_eq!(absent.len(), 2, "{v:#}");
+    assert!(
+        absent
+            .iter()
+            .any(|f| f["message"].as_str().unwrap().contains("table ip sliceproxy")),
+        "{v:#}"
+    );
+}

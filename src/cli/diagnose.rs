@@ -4,8 +4,12 @@ use std::process::ExitCode;
 
 use super::{DiagnoseArgs, EXIT_USAGE, Output, load_config, offline_settings};
 use crate::config::Config;
-use crate::diagnose;
-use crate::model::ServiceKey;
+use crate::dataplane::nftables::NftError;
+use crate::dataplane::nftables::model::name;
+use crate::dataplane::nftables::netlink::Nft;
+use crate::dataplane::nftables::ruleset::{TABLE, table_family};
+use crate::diagnose::{self, Observed};
+use crate::model::{IpFamily, ProxyMode, ServiceKey};
 use crate::snapshot::Snapshot;
 
 /// Run `diagnose`.
@@ -36,18 +40,33 @@ pub fn run(args: DiagnoseArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let dump = match &args.iptables_save {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(d) => Some(d),
+    // `--proxy-mode nftables` given on the command line: compare with our
+    // tables in this network namespace (a mode from a config file alone does
+    // not read the kernel: diagnose also runs away from the node).
+    let live_nftables = args.flags.proxy_mode.is_some() && config.mode == ProxyMode::Nftables;
+    let observed = match (&args.iptables_save, live_nftables) {
+        (Some(_), true) => {
+            eprintln!("sliceproxy diagnose: --iptables-save and --proxy-mode nftables exclude each other");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        (Some(path), false) => match std::fs::read_to_string(path) {
+            Ok(d) => Some(Observed::from_iptables_save(&d)),
             Err(e) => {
                 eprintln!("sliceproxy diagnose: {}: {e}", path.display());
                 return ExitCode::from(EXIT_USAGE);
             }
         },
-        None => None,
+        (None, true) => match read_nftables() {
+            Ok(o) => Some(o),
+            Err(e) => {
+                eprintln!("sliceproxy diagnose: reading our nftables tables: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        (None, false) => None,
     };
     let settings = offline_settings(&config, &snapshot);
-    let d = diagnose::diagnose(&snapshot, &key, &config.hostname, &settings, dump.as_deref());
+    let d = diagnose::diagnose(&snapshot, &key, &config.hostname, &settings, observed.as_ref());
     match args.output {
         Output::Table => print!("{}", diagnose::to_text(&d)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default()),
@@ -57,6 +76,18 @@ pub fn run(args: DiagnoseArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Our tables (`ip`/`ip6 sliceproxy`) in this network namespace, read over
+/// netlink into the model; a table that does not exist is reported, not an
+/// error.
+fn read_nftables() -> Result<Observed, NftError> {
+    let mut nft = Nft::open()?;
+    let mut tables = Vec::new();
+    for family in IpFamily::ALL {
+        tables.push((family, nft.dump_table(table_family(family), &name(TABLE))?));
+    }
+    Ok(Observed::from_nftables(tables))
 }
 
 /// The objects `diagnose` needs, listed live: the namespace's Services,

@@ -55,6 +55,7 @@ pub struct DiagnoseArgs {
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// An iptables-save dump of the node, to compare what is programmed with what should be.
+    /// (With `--proxy-mode nftables` instead, our nftables tables are read from the kernel.)
     #[arg(long = "iptables-save", value_name = "FILE")]
     pub iptables_save: Option<PathBuf>,
     /// Output format.

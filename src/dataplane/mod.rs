@@ -14,6 +14,7 @@ pub mod ipvs;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub mod nftables;
+pub mod programmed;
 pub mod xtables;
 
 use std::time::Duration;

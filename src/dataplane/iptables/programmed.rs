@@ -9,37 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use super::rules::{EXTERNAL_SERVICES, NODEPORT_ADDRS, NODEPORTS, SERVICES};
+use crate::dataplane::programmed::{FrontendKey, Programmed, Refusal};
 use crate::dataplane::xtables::shell_words;
 use crate::model::Protocol;
-
-/// A frontend as rules match it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FrontendKey {
-    /// Destination address.
-    pub address: IpAddr,
-    /// Destination port.
-    pub port: u16,
-    /// Protocol.
-    pub protocol: Protocol,
-}
-
-/// A filter-table verdict for new connections to a frontend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// `-j REJECT`.
-    Reject,
-    /// `-j DROP`.
-    Drop,
-}
-
-/// What the dump does with new connections to one frontend.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Programmed {
-    /// Every DNAT target reachable from the frontend's dispatch rules.
-    pub dnat: BTreeSet<SocketAddr>,
-    /// A REJECT or DROP for the frontend in the filter table.
-    pub refusal: Option<Refusal>,
-}
 
 /// One rule's words after `-A CHAIN`.
 type Rule = Vec<String>;
@@ -242,7 +214,8 @@ COMMIT
             p[&key("10.96.0.11", 80, Protocol::Tcp)],
             Programmed {
                 dnat: BTreeSet::new(),
-                refusal: Some(Refusal::Reject)
+                refusal: Some(Refusal::Reject),
+                unmapped: Vec::new(),
             }
         );
         assert_eq!(

@@ -25,12 +25,14 @@ pub mod lower;
 pub mod maglev;
 pub mod model;
 pub mod netlink;
+pub mod programmed;
 pub mod ruleset;
 pub mod script;
 pub mod tx;
 pub mod wire;
 
 pub use backend::{NftablesConfig, NftablesDataplane, render_script};
+pub use programmed::programmed_frontends;
 pub use ruleset::{NftSettings, Scheduler};
 
 /// Everything that can go wrong in the nftables layer.
