@@ -27,7 +27,7 @@ use super::model::*;
 use super::ruleset::{self, FrontendKey, NftSettings, PortImage, SetId, Shape};
 use super::tx::{Op, Transaction};
 use crate::dataplane::frontends::FrontendPlan;
-use crate::dataplane::{Dataplane, DataplaneError, Operation, SyncScope, SyncStats};
+use crate::dataplane::{Dataplane, DataplaneError, Drift, Operation, SyncScope, SyncStats};
 use crate::model::{IpFamily, ServicePortKey};
 use crate::track::BackendTable;
 
@@ -998,6 +998,27 @@ impl Dataplane for NftablesDataplane {
             *st = FamilyState::new(st.family, &self.settings);
         }
         Ok(())
+    }
+
+    /// One `NFT_MSG_GETGEN`: the ruleset's generation moves with every
+    /// commit by anyone in this network namespace, so an unchanged
+    /// generation since our last commit (or since a full sync that found the
+    /// table equal to the image) proves our table untouched without reading
+    /// it. A moved generation is reported as drift; the full sync that
+    /// follows dumps our table and repairs only what differs (a commit to
+    /// another table costs that dump, and no write).
+    fn check_drift(&mut self) -> Result<Drift, DataplaneError> {
+        if !self.families.iter().all(|f| f.loaded) {
+            return Ok(Drift::Found("our tables are not loaded yet".into()));
+        }
+        let generation = self.kernel.generation().map_err(refused)?;
+        Ok(match self.last_generation {
+            Some(last) if last == generation => Drift::None,
+            Some(last) => Drift::Found(format!(
+                "the nf_tables generation moved from {last} to {generation} since our last look"
+            )),
+            None => Drift::Found("no generation recorded yet".into()),
+        })
     }
 }
 

@@ -702,3 +702,31 @@ proptest! {
         prop_assert_eq!(kernel_table(&fake), fresh_full(&t));
     }
 }
+
+#[test]
+fn the_drift_check_is_one_generation_read_and_sees_a_foreign_commit() {
+    let t = cluster(2);
+    let (mut b, fake) = backend();
+    assert!(matches!(b.check_drift().unwrap(), Drift::Found(_)), "not loaded yet");
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    let dumps = fake.lock().dumps;
+    let n = committed(&fake);
+    assert_eq!(b.check_drift().unwrap(), Drift::None);
+    assert_eq!(fake.lock().dumps, dumps, "no dump");
+    assert_eq!(committed(&fake), n, "no commit");
+    // Our own partial syncs keep the check quiet.
+    let mut t2 = t;
+    let c = eps(&mut t2, "s1", &["10.244.1.1", "10.244.7.1"]);
+    b.sync(t2.table(), &SyncScope::Partial(c)).unwrap();
+    assert_eq!(b.check_drift().unwrap(), Drift::None);
+    // Someone else edits our table: found; the full sync repairs it and the
+    // check is quiet again.
+    let (f, nm) = v4();
+    fake.lock().nft.tamper(f, &nm, |tb| {
+        tb.set_mut(&name("slots-ip-cluster")).unwrap().elements.remove(0);
+    });
+    assert!(matches!(b.check_drift().unwrap(), Drift::Found(m) if m.contains("generation")));
+    b.sync(t2.table(), &SyncScope::Full).unwrap();
+    assert_eq!(kernel_table(&fake), fresh_full(&t2));
+    assert_eq!(b.check_drift().unwrap(), Drift::None);
+}
