@@ -105,3 +105,23 @@ fn packets_through_the_loaded_script() {
     // shop's load balancer admits 198.51.100.0/24 only: the client is dropped.
     assert_eq!(topo.ask(client, "tcp", "203.0.113.10:80"), Outcome::TimedOut);
 }
+
+#[test]
+fn packets_through_the_maglev_scheduler_tables() {
+    // --nftables-scheduler maglev: the hash of each flow picks a slot of a
+    // Maglev table; the kernel accepts the layout and new flows (new source
+    // ports) spread over both endpoints.
+    let (tracker, mut settings) = example();
+    settings.scheduler = Scheduler::Maglev;
+    let topo = Topology::new("rmg");
+    topo.node
+        .nft_script(&render_script(tracker.table(), &FAMILIES, &settings))
+        .expect("nft -f accepts the Maglev script");
+    let o = topo.ask_n(&topo.client, "tcp", "10.96.0.10:80", 24);
+    let pods: std::collections::BTreeSet<&str> = o.iter().filter_map(Outcome::pod).collect();
+    assert!(
+        o.iter().all(|o| o.pod().is_some()) && pods == ["pa1", "pb1"].into(),
+        "web through Maglev: {o:?}"
+    );
+    assert_eq!(topo.ask(&topo.client, "tcp", "10.96.0.70:80"), Outcome::Refused);
+}

@@ -10,4 +10,5 @@ pub mod agent_process;
 pub mod controlplane;
 pub mod netns;
 pub mod proxy;
+pub mod scenario;
 pub mod vm;
