@@ -58,7 +58,7 @@ async fn packets_flow_through_iptables_mode() {
     sc.check_affinity();
 
     // SCTP rules were accepted by the kernel.
-    let save = iptables_save(&cluster, "iptables-save");
+    let save = iptables_save(cluster, "iptables-save");
     assert!(
         save.lines()
             .any(|l| l.starts_with("-A SP-SERVICES") && l.contains("-p sctp") && l.contains("--dport 3868")),
@@ -71,12 +71,12 @@ async fn packets_flow_through_iptables_mode() {
     let drift_before = agent.count("rules changed behind our back");
     cluster.run("node-a", &["iptables", "-t", "nat", "-F"]);
     cluster.run("node-a", &["iptables", "-t", "nat", "-X"]);
-    let broken = check(&cluster, &rows[0]);
+    let broken = check(cluster, &rows[0]);
     assert!(broken.is_err(), "traffic should fail without the nat rules");
     eventually(
         "the drift check's full sync to restore the flushed table",
         Duration::from_secs(20),
-        || check(&cluster, &rows[0]),
+        || check(cluster, &rows[0]),
     );
     assert!(
         agent.count("rules changed behind our back") > drift_before,
@@ -95,7 +95,7 @@ async fn packets_flow_through_iptables_mode() {
 
     // --- A sync the kernel refuses leaves the old rules working.
     let ext_chain = chain_of(
-        &iptables_save(&cluster, "iptables-save"),
+        &iptables_save(cluster, "iptables-save"),
         &format!("{ns}/ext:http/TCP external IP"),
     );
     // A foreign rule now references one of our chains: deleting it must fail.
@@ -110,9 +110,9 @@ async fn packets_flow_through_iptables_mode() {
         .await
         .expect("delete ext");
     agent.wait_for_log("sync failed", failed_before + 1, Duration::from_secs(20));
-    assert!(check(&cluster, &rows[0]).is_ok(), "other services keep working");
+    assert!(check(cluster, &rows[0]).is_ok(), "other services keep working");
     assert!(
-        check(&cluster, rows.iter().find(|r| r.why == "externalIP").unwrap()).is_ok(),
+        check(cluster, rows.iter().find(|r| r.why == "externalIP").unwrap()).is_ok(),
         "the refused change left the old rules in place"
     );
     cluster.run("node-a", &["iptables", "-t", "nat", "-F", "FOREIGN-REF"]);
@@ -131,7 +131,7 @@ async fn packets_flow_through_iptables_mode() {
     let first = conn.ping().expect("ping before restart");
     agent.stop();
     assert_eq!(conn.ping().expect("ping while the agent is down"), first);
-    assert!(check(&cluster, &rows[0]).is_ok(), "rules stay while the agent is down");
+    assert!(check(cluster, &rows[0]).is_ok(), "rules stay while the agent is down");
     let synced = agent.count("synced");
     agent.restart();
     agent.wait_for_log("synced", synced + 1, Duration::from_secs(60));
@@ -177,10 +177,10 @@ async fn packets_flow_through_iptables_mode() {
         String::from_utf8_lossy(&out.stderr)
     );
     for tool in ["iptables-save", "ip6tables-save"] {
-        let save = iptables_save(&cluster, tool);
+        let save = iptables_save(cluster, tool);
         assert!(!save.contains("SP-"), "{tool} still has our rules:\n{save}");
     }
-    let save = iptables_save(&cluster, "iptables-save");
+    let save = iptables_save(cluster, "iptables-save");
     assert!(
         save.contains("-A INPUT -p tcp -m tcp --dport 2222 -j ACCEPT"),
         "foreign rule removed"

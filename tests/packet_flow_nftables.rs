@@ -51,7 +51,7 @@ async fn packets_flow_through_nftables_mode() {
     sc.check_affinity();
 
     // SCTP: the dispatch element is in the kernel's table.
-    let table = nft_list(&cluster, "ip");
+    let table = nft_list(cluster, "ip");
     assert!(
         table.contains("10.96.0.20 . sctp . 3868"),
         "SCTP dispatch element missing:\n{table}"
@@ -80,7 +80,7 @@ async fn packets_flow_through_nftables_mode() {
 
     // --- A foreign edit of our table is found by the drift check and
     // repaired: the cluster IP's dispatch element deleted by hand.
-    let web = nft_list(&cluster, "ip");
+    let web = nft_list(cluster, "ip");
     let element = web
         .lines()
         .map(str::trim)
@@ -106,13 +106,13 @@ async fn packets_flow_through_nftables_mode() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        check(&cluster, &rows[0]).is_err(),
+        check(cluster, &rows[0]).is_err(),
         "traffic should fail without the element"
     );
     eventually(
         "the drift check to restore the deleted element",
         Duration::from_secs(20),
-        || check(&cluster, &rows[0]),
+        || check(cluster, &rows[0]),
     );
 
     // --- Partial syncs: a Service deleted stops answering, the rest keeps working.
@@ -126,19 +126,19 @@ async fn packets_flow_through_nftables_mode() {
             _ => Ok(()),
         }
     });
-    assert!(check(&cluster, &rows[0]).is_ok(), "other services keep working");
+    assert!(check(cluster, &rows[0]).is_ok(), "other services keep working");
 
     // --- An established TCP connection survives an agent restart.
     let mut conn = cluster.connect("a1", sa("10.96.0.10:80"));
     let first = conn.ping().expect("ping before restart");
     agent.stop();
     assert_eq!(conn.ping().expect("ping while the agent is down"), first);
-    assert!(check(&cluster, &rows[0]).is_ok(), "rules stay while the agent is down");
+    assert!(check(cluster, &rows[0]).is_ok(), "rules stay while the agent is down");
     let synced = agent.count("synced");
     agent.restart();
     agent.wait_for_log("synced", synced + 1, Duration::from_secs(60));
     assert_eq!(conn.ping().expect("ping after restart"), first);
-    assert!(check(&cluster, &rows[0]).is_ok(), "rules after the restart");
+    assert!(check(cluster, &rows[0]).is_ok(), "rules after the restart");
 
     // --- A UDP client moves to the remaining endpoint when its endpoint goes.
     let flow = cluster.udp_flow("a1", sa("10.96.0.10:53"));

@@ -497,11 +497,11 @@ impl Scenario {
         cluster.add_address(cl, "198.51.100.7".parse().unwrap());
         // Wait for the last objects to be programmed, then check every row.
         eventually("the first sync", Duration::from_secs(30), || {
-            check(&cluster, &rows[rows.len() - 1])
+            check(cluster, &rows[rows.len() - 1])
         });
         let mut failures = Vec::new();
         for row in &rows {
-            if let Err(e) = check(&cluster, row) {
+            if let Err(e) = check(cluster, row) {
                 failures.push(format!(
                     "{} -> {} ({:?}, {}): {e}",
                     row.from, row.target, row.proto, row.why
