@@ -59,12 +59,18 @@ build_into() {
   rm -rf "$out"
 }
 
+# version_of BINARY ARGS...: what BINARY ARGS prints, read to the end. Never
+# `binary --version | grep -q`: grep -q exits at its first match, the binary's
+# next write gets SIGPIPE and pipefail turns a cached binary into a rebuild
+# (seen under load: runc rebuilt although `runc --version` was right).
+version_of() { "$@" 2>/dev/null || true; }
+
 k8s_version_of() { "$1" --version 2>/dev/null | sed -n 's/^Kubernetes \(v[^[:space:]]*\).*/\1/p'; }
 
 # --- containerd ------------------------------------------------------------------
 ctd_dir=$cache_root/cluster/containerd-$CONTAINERD_VERSION
 ctd_pkg=github.com/containerd/containerd/v2
-if "$ctd_dir/containerd" --version 2>/dev/null | grep -q " $CONTAINERD_VERSION " &&
+if grep -q " $CONTAINERD_VERSION " <<<"$(version_of "$ctd_dir/containerd" --version)" &&
    [[ -x "$ctd_dir/containerd-shim-runc-v2" && -x "$ctd_dir/ctr" ]]; then
   log "containerd $CONTAINERD_VERSION is cached"
 else
@@ -82,8 +88,8 @@ fi
 
 # --- runc ----------------------------------------------------------------------
 runc_dir=$cache_root/cluster/runc-$RUNC_VERSION
-if "$runc_dir/runc" --version 2>/dev/null | grep -q "^runc version ${RUNC_VERSION#v}$" &&
-   "$runc_dir/runc" --version | grep -q '^libseccomp'; then
+runc_v=$(version_of "$runc_dir/runc" --version)
+if grep -q "^runc version ${RUNC_VERSION#v}$" <<<"$runc_v" && grep -q '^libseccomp' <<<"$runc_v"; then
   log "runc $RUNC_VERSION is cached"
 else
   log "building runc $RUNC_VERSION (CGO, libseccomp)"
@@ -100,7 +106,7 @@ fi
 
 # --- CoreDNS -------------------------------------------------------------------
 coredns_dir=$cache_root/cluster/coredns-$COREDNS_VERSION
-if "$coredns_dir/coredns" -version 2>/dev/null | grep -q "^CoreDNS-${COREDNS_VERSION#v}$"; then
+if grep -q "^CoreDNS-${COREDNS_VERSION#v}$" <<<"$(version_of "$coredns_dir/coredns" -version)"; then
   log "coredns $COREDNS_VERSION is cached"
 else
   log "building coredns $COREDNS_VERSION"
@@ -114,7 +120,7 @@ fi
 pause_tag=$(image_tag Pause)
 [[ -n "$pause_tag" ]] || die "no configs[Pause] in manifest.go"
 pause_dir=$cache_root/cluster/pause-$pause_tag
-if [[ -x "$pause_dir/pause" ]] && "$pause_dir/pause" -v 2>/dev/null | grep -q "^pause.c v$pause_tag-"; then
+if [[ -x "$pause_dir/pause" ]] && grep -q "^pause.c v$pause_tag-" <<<"$(version_of "$pause_dir/pause" -v)"; then
   log "pause $pause_tag is cached"
 else
   log "building pause $pause_tag"

@@ -14,6 +14,9 @@
 #       (the EndpointSlice/Endpoints conformance tests run it)
 #   registry.k8s.io/e2e-test-images/busybox:<tag>        Debian's busybox-static, CMD sh
 #       (the framework's default pod image)
+#   registry.k8s.io/e2e-test-images/glibc-dns-testing:<tag>  test/images/glibc-dns-testing/Dockerfile:
+#       Debian bookworm + dnsutils (dig, nslookup, host) and /coredns, CMD bash (the glibc
+#       prober of the [sig-network] DNS conformance tests)
 #
 # Archives go to <cache>/cluster/images/ (printed, one per line, on stdout);
 # an archive whose inputs did not change is reused. Needs root (debootstrap,
@@ -44,6 +47,7 @@ pause_tag=$(image_tag Pause)
 agnhost_tag=$(image_tag Agnhost)
 nginx_tag=$(image_tag Nginx)
 busybox_tag=$(image_tag BusyBox)
+glibc_dns_tag=$(image_tag GlibcDnsTesting)
 k8s_bin=$cache_root/cluster/k8s-$K8S_VERSION
 pause_bin=$cache_root/cluster/pause-$pause_tag/pause
 coredns_bin=$cache_root/cluster/coredns-$COREDNS_VERSION/coredns
@@ -150,3 +154,25 @@ if [[ ! -f $busybox_tar ]]; then
     --cmd '["sh"]' -o "$busybox_tar"
 fi
 echo "$busybox_tar"
+
+# --- glibc-dns-testing: test/images/glibc-dns-testing ----------------------------------
+# Upstream: FROM debian:bookworm-slim, `apt-get install dnsutils`, and CoreDNS
+# v1.5.0's release tarball unpacked to /coredns (downloaded from GitHub, which
+# this machine cannot reach; the DNS conformance tests' probes run only sh,
+# seq, dig and getent in it, so /coredns is the cluster's CoreDNS build).
+# The base image's CMD is bash.
+glibc_dns_packages="dnsutils"
+glibc_dns_tar=$images/glibc-dns-testing-$glibc_dns_tag-$(key "$coredns_bin" "$here/oci-archive.py" "$glibc_dns_packages" "$SUITE" "$here/images.sh").tar
+if [[ ! -f $glibc_dns_tar ]]; then
+  r=$scratch/glibc-dns
+  log "debootstrap $SUITE minbase + $glibc_dns_packages"
+  debootstrap --variant=minbase --include="${glibc_dns_packages// /,}" "$SUITE" "$r" "$MIRROR" >"$scratch/debootstrap.log" 2>&1 ||
+    { tail -20 "$scratch/debootstrap.log" >&2; die "debootstrap failed"; }
+  install -m 0755 "$coredns_bin" "$r/coredns"
+  # As the Dockerfile's `apt-get clean && rm -rf /var/lib/apt/lists/*`.
+  rm -rf "$r"/var/cache/apt/archives/*.deb "$r"/var/lib/apt/lists/*
+  python3 "$here/oci-archive.py" --rootfs "$r" --name "registry.k8s.io/e2e-test-images/glibc-dns-testing:$glibc_dns_tag" \
+    --cmd '["bash"]' -o "$glibc_dns_tar"
+  rm -rf "$r"
+fi
+echo "$glibc_dns_tar"

@@ -308,11 +308,16 @@ serverTLSBootstrap: false
 # Images are imported, never pulled: never garbage-collect them either.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+# No disk-based eviction ("0%" disables a signal, as kind does): a node's
+# filesystem is the host's, shared with other work, and under disk pressure the
+# eviction manager deletes every image no running pod uses (agnhost, nginx,
+# ...), which nothing can pull back: a first nftables run lost them when the
+# host's disk reached 99% and every test then sat in ImagePullBackOff.
 evictionHard:
   memory.available: 100Mi
-  nodefs.available: 1%
-  imagefs.available: 1%
-  nodefs.inodesFree: 1%
+  nodefs.available: "0%"
+  imagefs.available: "0%"
+  nodefs.inodesFree: "0%"
 EOF
   # kubelet wants its cgroup root to exist in every v1 hierarchy; a new
   # cpuset group starts with no CPUs or memory nodes: copy the parent's.
