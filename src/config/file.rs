@@ -37,6 +37,9 @@ pub(super) struct FileModeSection {
     pub(super) min_sync_period: FileDuration,
     /// `nftables.scheduler` only (a sliceproxy extension).
     pub(super) scheduler: Option<String>,
+    /// `localhostNodePorts`: upstream's in `iptables:`, a sliceproxy
+    /// extension in `nftables:`.
+    pub(super) localhost_node_ports: Option<bool>,
 }
 
 /// `ipvs:`.
@@ -123,7 +126,7 @@ pub(super) fn read_file_config(text: &str, file: &str, warnings: &mut Vec<String
                     &mut out.nftables
                 };
                 let ignored: &[&str] = if key == "iptables" {
-                    &["masqueradeBit", "localhostNodePorts", "snatNodeInternalIP"]
+                    &["masqueradeBit", "snatNodeInternalIP"]
                 } else {
                     &["masqueradeBit"]
                 };
@@ -133,6 +136,7 @@ pub(super) fn read_file_config(text: &str, file: &str, warnings: &mut Vec<String
                         "syncPeriod" => section.sync_period = want_duration(v, path)?,
                         "minSyncPeriod" => section.min_sync_period = want_duration(v, path)?,
                         "scheduler" if key == "nftables" => section.scheduler = want_str(v, path)?,
+                        "localhostNodePorts" => section.localhost_node_ports = want_bool(v, path)?,
                         _ if ignored.contains(&sub) => ignored_field(v, path, warnings),
                         _ => warnings.push(unknown_field(path)),
                     }

@@ -87,6 +87,31 @@ pub struct ProxyFlags {
     #[arg(long = "nftables-scheduler", value_name = "NAME")]
     pub nftables_scheduler: Option<String>,
 
+    /// iptables mode: also serve NodePorts on 127.0.0.0/8 to clients on the node (IPv4 only;
+    /// sets net.ipv4.conf.all.route_localnet=1). Default true, as kube-proxy. Off when
+    /// --nodeport-addresses excludes loopback.
+    #[arg(
+        long = "iptables-localhost-nodeports",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_go_bool
+    )]
+    pub iptables_localhost_nodeports: Option<bool>,
+
+    /// nftables mode: serve NodePorts on 127.0.0.0/8 as the iptables mode does (a sliceproxy
+    /// extension; upstream's nftables mode cannot). Default false.
+    #[arg(
+        long = "nftables-localhost-nodeports",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_go_bool
+    )]
+    pub nftables_localhost_nodeports: Option<bool>,
+
     /// IPVS scheduler: rr (default), wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq or mh.
     #[arg(long = "ipvs-scheduler", value_name = "NAME")]
     pub ipvs_scheduler: Option<String>,

@@ -206,6 +206,12 @@ pub struct Config {
     /// How the nftables mode picks an endpoint (`--nftables-scheduler`, file
     /// `nftables.scheduler`; a sliceproxy extension, kube-proxy has none).
     pub nftables_scheduler: NftablesScheduler,
+    /// `--iptables-localhost-nodeports` / `iptables.localhostNodePorts` (default true, as
+    /// kube-proxy): node ports on IPv4 loopback in iptables mode.
+    pub iptables_localhost_node_ports: bool,
+    /// `--nftables-localhost-nodeports` / `nftables.localhostNodePorts` (default false; a
+    /// sliceproxy extension, upstream's nftables mode cannot serve them).
+    pub nftables_localhost_node_ports: bool,
     /// Clean up rules and exit.
     pub cleanup: bool,
     /// The `--config` file this was read from, if any.
@@ -213,6 +219,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// Whether the configured mode serves node ports on IPv4 loopback: the
+    /// mode's setting (iptables: default on; nftables: opt-in; IPVS: never,
+    /// as upstream), and only when `--nodeport-addresses` takes in loopback
+    /// (upstream turns the setting off otherwise).
+    pub fn localhost_node_ports(&self) -> bool {
+        let wanted = match self.mode {
+            ProxyMode::Iptables => self.iptables_localhost_node_ports,
+            ProxyMode::Nftables => self.nftables_localhost_node_ports,
+            ProxyMode::Ipvs => false,
+        };
+        wanted && self.nodeport_addresses.contains_ipv4_loopback()
+    }
+
     /// Merge flags over the file (if flags.config is set) over defaults; validate; return warnings
     /// for unknown/ignored file fields.
     ///
@@ -414,6 +433,14 @@ impl Config {
             metrics_bind_address,
             ipvs,
             nftables_scheduler,
+            iptables_localhost_node_ports: flags
+                .iptables_localhost_nodeports
+                .or(file.iptables.localhost_node_ports)
+                .unwrap_or(true),
+            nftables_localhost_node_ports: flags
+                .nftables_localhost_nodeports
+                .or(file.nftables.localhost_node_ports)
+                .unwrap_or(false),
             cleanup: flags.cleanup.unwrap_or(false),
             config_file,
         };

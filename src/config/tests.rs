@@ -141,10 +141,13 @@ fn defaults() {
                 exclude_cidrs: vec![],
             },
             nftables_scheduler: NftablesScheduler::Random,
+            iptables_localhost_node_ports: true,
+            nftables_localhost_node_ports: false,
             cleanup: false,
             config_file: None,
         }
     );
+    assert!(c.localhost_node_ports(), "kube-proxy's default in iptables mode");
     assert_eq!(c.ipvs.effective_scheduler(), "rr");
     assert_eq!(ProxyFlags::default().masquerade_all, None);
 }
@@ -824,4 +827,70 @@ fn nftables_scheduler_from_flag_or_file_flag_wins_and_bad_values_name_the_field(
     );
     let err = resolve_err(&[], Some(&doc("nftables: {scheduler: mh}"))).to_string();
     assert!(err.contains("nftables.scheduler"), "{err}");
+}
+
+#[test]
+fn localhost_node_ports_per_mode_from_flag_or_file_and_only_with_loopback_node_port_addresses() {
+    // iptables mode: upstream's flag and field, default true; the flag wins.
+    let (c, w) = resolve(&flags(&[]), Some(&doc("iptables: {localhostNodePorts: false}")));
+    assert!(
+        w.iter().all(|w| !w.contains("localhostNodePorts")),
+        "no longer ignored: {w:?}"
+    );
+    assert!(!c.iptables_localhost_node_ports && !c.localhost_node_ports());
+    let (c, _) = resolve(
+        &flags(&["--iptables-localhost-nodeports=true"]),
+        Some(&doc("iptables: {localhostNodePorts: false}")),
+    );
+    assert!(c.localhost_node_ports());
+    let (c, _) = resolve(&flags(&["--iptables-localhost-nodeports=false"]), None);
+    assert!(!c.localhost_node_ports());
+    // `null` (what kube-proxy's --write-config-to prints) is the default.
+    let (c, _) = resolve(&flags(&[]), Some(&doc("iptables: {localhostNodePorts: null}")));
+    assert!(c.localhost_node_ports());
+    // nftables mode: a sliceproxy opt-in, default off; the iptables setting does not apply.
+    let (c, _) = resolve(&flags(&["--proxy-mode=nftables"]), None);
+    assert!(c.iptables_localhost_node_ports && !c.localhost_node_ports());
+    let (c, _) = resolve(
+        &flags(&["--proxy-mode=nftables", "--nftables-localhost-nodeports"]),
+        None,
+    );
+    assert!(c.localhost_node_ports());
+    let (c, _) = resolve(
+        &flags(&["--proxy-mode=nftables"]),
+        Some(&doc("nftables: {localhostNodePorts: true}")),
+    );
+    assert!(c.localhost_node_ports());
+    let (c, _) = resolve(
+        &flags(&["--proxy-mode=nftables", "--nftables-localhost-nodeports=false"]),
+        Some(&doc("nftables: {localhostNodePorts: true}")),
+    );
+    assert!(!c.localhost_node_ports());
+    // IPVS mode never serves them, as upstream.
+    let (c, _) = resolve(
+        &flags(&["--proxy-mode=ipvs", "--iptables-localhost-nodeports=true"]),
+        None,
+    );
+    assert!(!c.localhost_node_ports());
+    // Upstream turns the setting off when --nodeport-addresses leaves out 127.0.0.0.
+    for (arg, on) in [
+        ("--nodeport-addresses=primary", false),
+        ("--nodeport-addresses=192.168.0.0/16", false),
+        ("--nodeport-addresses=192.168.0.0/16,127.0.0.0/8", true),
+        ("--nodeport-addresses=127.0.0.1/32", true),
+        ("--nodeport-addresses=::1/128", false),
+        ("--nodeport-addresses=0.0.0.0/0", true),
+    ] {
+        let (c, _) = resolve(&flags(&[arg]), None);
+        assert_eq!(c.localhost_node_ports(), on, "{arg}");
+    }
+    // Bad values name the flag or field.
+    let err = resolve_err(&[], Some(&doc("iptables: {localhostNodePorts: \"yes\"}"))).to_string();
+    assert!(err.contains("iptables.localhostNodePorts"), "{err}");
+    let err = resolve_err(&[], Some(&doc("nftables: {localhostNodePorts: 1}"))).to_string();
+    assert!(err.contains("nftables.localhostNodePorts"), "{err}");
+    assert!(
+        Cli::try_parse_from(["t", "--iptables-localhost-nodeports=maybe"]).is_err(),
+        "not a Go bool"
+    );
 }

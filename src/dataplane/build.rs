@@ -41,6 +41,15 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// A sysctl the configuration needs could not be set.
+    #[error("cannot set {what}: {source}")]
+    Sysctl {
+        /// Which, and for what.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The order `--cleanup` removes the modes' state in: IPVS first, because
@@ -79,6 +88,7 @@ fn nft_families(config: &Config) -> Vec<IpFamily> {
 /// (a backend with a [`NodePortSource`] replaces them at every full sync).
 pub fn node_settings(config: &Config, node_port_addresses: &[std::net::IpAddr]) -> NodeSettings {
     NodeSettings::new(&config.cluster_cidrs, config.masquerade_all, node_port_addresses)
+        .with_localhost_node_ports(config.localhost_node_ports())
 }
 
 /// The families to program: those the cluster CIDRs name; without them,
@@ -123,10 +133,23 @@ fn build_mode(config: &Config, mode: ProxyMode) -> Result<Box<dyn Dataplane>, Bu
             let variant = xtables::detect_variant(&mut exec);
             let families = families(config, &mut exec, variant);
             tracing::info!(?variant, ?families, "iptables mode");
+            let settings = node_settings(config, &[]);
+            if settings.localhost_node_ports && !config.cleanup && families.contains(&IpFamily::V4) {
+                // As kube-proxy at start (https://issues.k8s.io/90259; the
+                // rules drop what route_localnet would let in from outside).
+                tracing::info!(
+                    "setting route_localnet=1 for node ports on localhost; to change this set \
+                     --iptables-localhost-nodeports=false or a --nodeport-addresses without loopback"
+                );
+                super::enable_route_localnet().map_err(|source| BuildError::Sysctl {
+                    what: "net.ipv4.conf.all.route_localnet=1 (--iptables-localhost-nodeports)",
+                    source,
+                })?;
+            }
             let cfg = IptablesConfig {
                 families,
                 variant,
-                settings: node_settings(config, &[]),
+                settings,
                 node_ports: Some(node_port_source(config)?),
             };
             Ok(Box::new(IptablesDataplane::new(Box::new(exec), cfg)))

@@ -185,3 +185,11 @@ impl Dataplane for Box<dyn Dataplane> {
         (**self).check_drift()
     }
 }
+
+/// `net.ipv4.conf.all.route_localnet=1` in the calling thread's network
+/// namespace: node ports on 127.0.0.1 DNAT to other hosts, which the
+/// kernel refuses for loopback sources without it. Shared by the modes
+/// that serve node ports on localhost.
+pub fn enable_route_localnet() -> std::io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", b"1")
+}

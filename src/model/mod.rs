@@ -460,6 +460,21 @@ pub enum NodePortAddresses {
 }
 
 impl NodePortAddresses {
+    /// Whether these addresses take in IPv4 loopback, as upstream's
+    /// `ContainsIPv4Loopback`: every address does, `primary` never, CIDRs
+    /// when one is a loopback network or holds `127.0.0.0`. Node ports on
+    /// localhost need it.
+    pub fn contains_ipv4_loopback(&self) -> bool {
+        let start = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0));
+        match self {
+            NodePortAddresses::All => true,
+            NodePortAddresses::Primary => false,
+            NodePortAddresses::Cidrs(cidrs) => cidrs
+                .iter()
+                .any(|c| c.addr().is_ipv4() && (c.network().is_loopback() || c.contains(&start))),
+        }
+    }
+
     /// The node's addresses (`node`, as listed) that serve node ports,
     /// sorted. Loopback never does: a node port on 127.0.0.1 needs
     /// `route_localnet`, which opens the node's localhost to its neighbours

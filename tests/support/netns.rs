@@ -167,9 +167,18 @@ struct Pod {
 #[derive(Default)]
 pub struct ClusterBuilder {
     pods: Vec<(String, Node)>,
+    prefix: Option<&'static str>,
 }
 
 impl ClusterBuilder {
+    /// Name the namespaces `<prefix><pid>-<n>-<name>` instead of the
+    /// default prefix (a test of one branch keeps its own, so parallel
+    /// helpers never collide; stale ones are not reaped for it).
+    pub fn prefix(mut self, prefix: &'static str) -> Self {
+        self.prefix = Some(prefix);
+        self
+    }
+
     /// Add a pod namespace called `name` on `node`. Pods get addresses in
     /// their node's pod CIDR in the order they are added: `.2`, `.3`, ...
     pub fn pod(mut self, name: &str, node: Node) -> Self {
@@ -194,7 +203,7 @@ impl ClusterBuilder {
         reap_stale();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let mut c = Cluster {
-            prefix: format!("{PREFIX}{}-{n}-", std::process::id()),
+            prefix: format!("{}{}-{n}-", self.prefix.unwrap_or(PREFIX), std::process::id()),
             names: Vec::new(),
             pods: Vec::new(),
             echo: Mutex::new(HashMap::new()),

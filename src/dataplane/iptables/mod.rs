@@ -42,6 +42,15 @@ struct FamilyState {
     /// Service ports refused for a chain-name collision, retried at every
     /// sync (the owner may be gone).
     collided: BTreeSet<ServicePortKey>,
+    /// Node ports on IPv4 loopback, as of the last full sync (see
+    /// [`localhost`]): decides which jumps must exist.
+    localhost: bool,
+}
+
+/// Whether `family` serves node ports on loopback: IPv4 only, as upstream
+/// (the kernel never routes `::1` off the node).
+fn localhost(settings: &NodeSettings, family: IpFamily) -> bool {
+    settings.localhost_node_ports && family == IpFamily::V4
 }
 
 /// The iptables dataplane.
@@ -75,6 +84,7 @@ impl IptablesDataplane {
             .families
             .iter()
             .map(|&family| FamilyState {
+                localhost: localhost(&config.settings, family),
                 family,
                 tools: Tools::new(family, config.variant),
                 applied: HashMap::new(),
@@ -120,7 +130,13 @@ impl IptablesDataplane {
     /// lines over several transactions; the rules loaded are the same.
     pub fn render_full(table: &BackendTable, family: IpFamily, settings: &NodeSettings) -> String {
         let desired = desired(table, family, settings, rules::sha256_name);
-        full_restore(&desired, family, settings, &BTreeMap::new(), &rules::jumps())
+        full_restore(
+            &desired,
+            family,
+            settings,
+            &BTreeMap::new(),
+            &rules::jumps(localhost(settings, family)),
+        )
     }
 }
 
@@ -202,7 +218,7 @@ fn full_restore(
 ) -> String {
     let mut out = String::new();
     for table in [Table::Nat, Table::Filter] {
-        let statics = rules::static_chains(table, settings.family(family));
+        let statics = rules::static_chains(table, settings.family(family), localhost(settings, family));
         let own: Vec<&OwnChain> = if table == Table::Nat {
             desired.values().flat_map(|r| r.chains.iter()).collect()
         } else {
@@ -273,7 +289,39 @@ fn option(words: &[String], name: &str) -> String {
 /// listed in `-S`/`iptables-save` form. A jump counts as present when a
 /// rule of that built-in chain jumps to our chain with our comment (the
 /// tools may print matches in another order than we wrote them).
-fn missing_jumps(listing: &str) -> Vec<Jump> {
+fn missing_jumps(listing: &str, localhost: bool) -> Vec<Jump> {
+    let present = present_jumps(listing);
+    rules::jumps(localhost)
+        .into_iter()
+        .filter(|j| !present.contains(&jump_identity(j)))
+        .collect()
+}
+
+/// The jumps to [`rules::LOCALNET`] that are present while node ports on
+/// localhost are off (they were on in a previous run): deleted before the
+/// chain is, which a jump still pointing at it would refuse.
+fn stray_jumps(listing: &str) -> Vec<Jump> {
+    let present = present_jumps(listing);
+    let wanted = rules::jumps(false);
+    rules::jumps(true)
+        .into_iter()
+        .filter(|j| !wanted.contains(j) && present.contains(&jump_identity(j)))
+        .collect()
+}
+
+/// What tells a jump apart in a listing: table, chain, target, comment.
+fn jump_identity(j: &Jump) -> (Table, String, String, String) {
+    let words = shell_words(&j.spec);
+    (
+        j.table,
+        j.from.to_string(),
+        option(&words, "-j"),
+        option(&words, "--comment"),
+    )
+}
+
+/// The jumps from built-in chains in a listing, by [`jump_identity`].
+fn present_jumps(listing: &str) -> BTreeSet<(Table, String, String, String)> {
     let mut table: Option<Table> = None;
     let mut present: BTreeSet<(Table, String, String, String)> = BTreeSet::new();
     for line in listing.lines() {
@@ -294,18 +342,7 @@ fn missing_jumps(listing: &str) -> Vec<Jump> {
             option(&words, "--comment"),
         ));
     }
-    rules::jumps()
-        .into_iter()
-        .filter(|j| {
-            let words = shell_words(&j.spec);
-            !present.contains(&(
-                j.table,
-                j.from.to_string(),
-                option(&words, "-j"),
-                option(&words, "--comment"),
-            ))
-        })
-        .collect()
+    present
 }
 
 /// Declare (create or flush) and fill the own chains of some service ports.
@@ -316,7 +353,7 @@ fn own_chains_restore<'a>(
     family: IpFamily,
     settings: &NodeSettings,
 ) -> String {
-    let mark = rules::static_chains(Table::Nat, settings.family(family))
+    let mark = rules::static_chains(Table::Nat, settings.family(family), localhost(settings, family))
         .into_iter()
         .filter(|c| c.name == rules::MARK_MASQ);
     let mut out = String::from("*nat\n");
@@ -431,7 +468,7 @@ impl FamilyState {
     /// chain (cheap: unlike a full save, it does not list our thousands of
     /// chains), each table introduced by a `# table NAME` marker line.
     fn list_builtins(&self, exec: &mut dyn Exec) -> Result<String, DataplaneError> {
-        let mut pairs: Vec<(Table, &str)> = rules::jumps().iter().map(|j| (j.table, j.from)).collect();
+        let mut pairs: Vec<(Table, &str)> = rules::jumps(true).iter().map(|j| (j.table, j.from)).collect();
         pairs.sort();
         pairs.dedup();
         let mut out = String::new();
@@ -469,7 +506,7 @@ impl FamilyState {
                 Err(e) => return Err(xtables_error(self.family, e)),
             }
         }
-        let missing = missing_jumps(&self.list_builtins(exec)?);
+        let missing = missing_jumps(&self.list_builtins(exec)?, self.localhost);
         if let Some(j) = missing.first() {
             return Ok(Some(format!(
                 "{} {} table: {} jump(s) from built-in chains missing, first {} {}",
@@ -530,17 +567,24 @@ impl FamilyState {
         stats: &mut SyncStats,
     ) -> Result<(), DataplaneError> {
         let desired = self.without_collisions(desired(table, self.family, settings, hasher));
-        let jumps = if self.discover {
+        self.localhost = localhost(settings, self.family);
+        let listing = if self.discover {
             // Chains a previous run left behind (an agent restart, a crash):
             // they are ours to delete if no longer wanted.
             let save = self.save(exec)?;
             for (t, chains) in xtables::chains_of(&save, ChainOwner::IptablesMode) {
                 self.known_chains.entry(t).or_default().extend(chains);
             }
-            missing_jumps(&save)
+            save
         } else {
-            missing_jumps(&self.list_builtins(exec)?)
+            self.list_builtins(exec)?
         };
+        let jumps = missing_jumps(&listing, self.localhost);
+        if !self.localhost {
+            for j in stray_jumps(&listing) {
+                self.tools.delete_jump(exec, &j);
+            }
+        }
         if desired.len() > self.chunk {
             // iptables-nft-restore (1.8.9) with --noflush takes time
             // quadratic in the chains one transaction declares (measured at
@@ -593,7 +637,7 @@ impl FamilyState {
         for t in [Table::Nat, Table::Filter] {
             let set = self.known_chains.entry(t).or_default();
             set.extend(
-                rules::static_chains(t, settings.family(self.family))
+                rules::static_chains(t, settings.family(self.family), self.localhost)
                     .into_iter()
                     .map(|c| c.name),
             );
@@ -706,7 +750,7 @@ impl FamilyState {
     /// Remove every jump and chain of ours, leaving everything else alone
     /// (the IPVS layer's chains included: `--cleanup` runs that mode first).
     fn cleanup(&mut self, exec: &mut dyn Exec) -> Result<(), DataplaneError> {
-        for j in rules::jumps() {
+        for j in rules::jumps(true) {
             self.tools.delete_jump(exec, &j);
         }
         let found = xtables::chains_of(&self.save(exec)?, ChainOwner::IptablesMode);

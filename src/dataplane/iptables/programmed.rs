@@ -124,7 +124,12 @@ pub fn programmed_frontends(save: &str) -> BTreeMap<FrontendKey, Programmed> {
         .into_iter()
         .flatten()
         .filter(|r| option(r, "-j") == Some(NODEPORTS))
-        .filter_map(|r| option(r, "-d").and_then(address))
+        .filter_map(|r| match option(r, "-d") {
+            // Node ports on localhost take the whole range; the plan lists
+            // 127.0.0.1 as the frontend that stands for it.
+            Some(super::rules::LOOPBACK_V4) => Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            d => d.and_then(address),
+        })
         .collect();
     for rule in dump.nat.get(NODEPORTS).into_iter().flatten() {
         let (Some(protocol), Some(port), Some(target)) = (protocol(rule), port(rule), option(rule, "-j")) else {

@@ -17,6 +17,8 @@
 //!        INPUT, FORWARD         -> SP-EXTERNAL-SERVICES (external frontends: REJECT/DROP)
 //!        INPUT, FORWARD, OUTPUT -> SP-FIREWALL (source-range drops)
 //!        FORWARD                -> SP-FORWARD (accept marked / established traffic)
+//!        INPUT, OUTPUT          -> SP-LOCALNET (IPv4 with localhost node ports only:
+//!                                  drop outside traffic to 127.0.0.0/8)
 //! ```
 
 use std::fmt::Write as _;
@@ -42,6 +44,11 @@ pub const EXTERNAL_SERVICES: &str = "SP-EXTERNAL-SERVICES";
 pub const FIREWALL: &str = "SP-FIREWALL";
 /// filter: forwarding of service traffic.
 pub const FORWARD: &str = "SP-FORWARD";
+/// filter: with node ports on localhost, drops connections to 127.0.0.0/8
+/// from elsewhere, as kube-proxy's `KUBE-FIREWALL` does.
+pub const LOCALNET: &str = "SP-LOCALNET";
+/// IPv4 loopback, where node ports answer with localhost node ports on.
+pub const LOOPBACK_V4: &str = "127.0.0.0/8";
 /// An empty chain in each of our tables that nothing jumps to, as
 /// kube-proxy's `KUBE-PROXY-CANARY`: it exists from our first full sync on,
 /// so when it is gone someone flushed or deleted the table's chains and the
@@ -489,8 +496,10 @@ fn filter(chain: &'static str, spec: String) -> DispatchRule {
 
 /// The static chains of each table and their bodies (rewritten on every
 /// full sync), and the jumps from the built-in chains into them.
-pub fn static_chains(table: Table, cfg: &FamilySettings) -> Vec<OwnChain> {
-    match table {
+///
+/// `localhost`: node ports on IPv4 loopback (only ever true for IPv4).
+pub fn static_chains(table: Table, cfg: &FamilySettings, localhost: bool) -> Vec<OwnChain> {
+    let mut chains = match table {
         Table::Nat => vec![
             OwnChain {
                 name: CANARY.into(),
@@ -510,6 +519,15 @@ pub fn static_chains(table: Table, cfg: &FamilySettings) -> Vec<OwnChain> {
                     .node_port_addresses
                     .iter()
                     .map(|a| format!("{} -d {} -j {NODEPORTS}", comment("sliceproxy node ports"), host(a)))
+                    // kube-proxy matches `--dst-type LOCAL`, which takes in
+                    // all of 127.0.0.0/8; route_localnet lets the DNATed
+                    // packet leave the node.
+                    .chain(localhost.then(|| {
+                        format!(
+                            "{} -d {LOOPBACK_V4} -j {NODEPORTS}",
+                            comment("sliceproxy node ports on localhost")
+                        )
+                    }))
                     .collect(),
             },
             OwnChain {
@@ -565,17 +583,31 @@ pub fn static_chains(table: Table, cfg: &FamilySettings) -> Vec<OwnChain> {
                 ],
             },
         ],
+    };
+    if localhost && table == Table::Filter {
+        // route_localnet makes the node route packets to 127.0.0.0/8 that
+        // arrive from its neighbours (https://issue.k8s.io/90259): only
+        // replies and DNATed connections may pass, as kube-proxy's rule.
+        chains.push(OwnChain {
+            name: LOCALNET.into(),
+            rules: vec![format!(
+                "{} -d {LOOPBACK_V4} ! -s {LOOPBACK_V4} -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+                comment("sliceproxy block incoming localnet connections")
+            )],
+        });
     }
+    chains
 }
 
-/// Every jump from a built-in chain, in the order they should end up.
-pub fn jumps() -> Vec<Jump> {
+/// Every jump from a built-in chain, in the order they should end up;
+/// `localhost` (IPv4 with node ports on loopback) adds those to [`LOCALNET`].
+pub fn jumps(localhost: bool) -> Vec<Jump> {
     let j = |table, from, extra: &str, to: &str, what: &str| Jump {
         table,
         from,
         spec: format!("{} {extra}-j {to}", comment(what)).replace("  ", " "),
     };
-    vec![
+    let mut jumps = vec![
         j(Table::Nat, "PREROUTING", "", SERVICES, "sliceproxy service portals"),
         j(Table::Nat, "OUTPUT", "", SERVICES, "sliceproxy service portals"),
         j(Table::Nat, "PREROUTING", "", NODEPORT_ADDRS, "sliceproxy node ports"),
@@ -644,7 +676,13 @@ pub fn jumps() -> Vec<Jump> {
             "sliceproxy load balancer firewall",
         ),
         j(Table::Filter, "FORWARD", "", FORWARD, "sliceproxy forwarding rules"),
-    ]
+    ];
+    if localhost {
+        for from in ["INPUT", "OUTPUT"] {
+            jumps.push(j(Table::Filter, from, "", LOCALNET, "sliceproxy localnet firewall"));
+        }
+    }
+    jumps
 }
 
 #[cfg(test)]

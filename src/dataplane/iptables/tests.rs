@@ -666,3 +666,75 @@ fn a_colliding_chain_name_is_never_shared_or_overwritten_in_a_full_sync() {
         "s2's own endpoint"
     );
 }
+
+#[test]
+fn localhost_node_ports_jump_from_loopback_guard_it_and_go_away_when_turned_off() {
+    let t = cluster(2);
+    let fake = FakeIptables::new();
+    let mut on = cfg();
+    on.settings = on.settings.with_localhost_node_ports(true);
+    let mut b = IptablesDataplane::new(Box::new(fake.clone()), on);
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    let addrs = fake.rules("nat", rules::NODEPORT_ADDRS).unwrap();
+    assert!(
+        addrs
+            .iter()
+            .any(|r| r.contains("-d 127.0.0.0/8") && r.ends_with("-j SP-NODEPORTS")),
+        "loopback reaches the node ports as kube-proxy's --dst-type LOCAL does: {addrs:?}"
+    );
+    let guard = fake.rules("filter", rules::LOCALNET).unwrap();
+    assert_eq!(guard.len(), 1, "{guard:?}");
+    for w in [
+        "-d 127.0.0.0/8",
+        "! -s 127.0.0.0/8",
+        "! --ctstate RELATED,ESTABLISHED,DNAT",
+        "-j DROP",
+    ] {
+        assert!(guard[0].contains(w), "{w} in {guard:?}");
+    }
+    for from in ["INPUT", "OUTPUT"] {
+        let builtin = fake.rules("filter", from).unwrap();
+        assert_eq!(
+            builtin.iter().filter(|r| r.ends_with("-j SP-LOCALNET")).count(),
+            1,
+            "{from}: {builtin:?}"
+        );
+    }
+    assert_eq!(b.check_drift().unwrap(), Drift::None);
+    // The node's own ports are served the same way: nothing per service changes.
+    let fresh_off = fresh_full(&t);
+    let mut np = fake.rules("nat", rules::NODEPORTS).unwrap();
+    let mut np_off = fresh_off["nat"][rules::NODEPORTS].rules.clone();
+    np.sort();
+    np_off.sort();
+    assert_eq!(np, np_off);
+
+    // A restart with the setting off removes the chain and both jumps.
+    let mut b = IptablesDataplane::new(Box::new(fake.clone()), cfg());
+    b.sync(t.table(), &SyncScope::Full).unwrap();
+    assert!(fake.rules("filter", rules::LOCALNET).is_none(), "chain deleted");
+    for from in ["INPUT", "OUTPUT"] {
+        let builtin = fake.rules("filter", from).unwrap();
+        assert!(
+            builtin.iter().all(|r| !r.contains("SP-LOCALNET")),
+            "{from}: {builtin:?}"
+        );
+    }
+    let addrs = fake.rules("nat", rules::NODEPORT_ADDRS).unwrap();
+    assert!(addrs.iter().all(|r| !r.contains("127.0.0.0/8")), "{addrs:?}");
+    assert_same_rules(fake.tables(), fresh_off);
+    assert_eq!(b.check_drift().unwrap(), Drift::None);
+}
+
+#[test]
+fn localhost_node_ports_are_ipv4_only() {
+    let s = cfg().settings.with_localhost_node_ports(true);
+    assert!(localhost(&s, IpFamily::V4));
+    assert!(!localhost(&s, IpFamily::V6), "the kernel never routes ::1 off the node");
+    let nat = rules::static_chains(Table::Nat, s.family(IpFamily::V6), localhost(&s, IpFamily::V6));
+    assert!(
+        nat.iter()
+            .flat_map(|c| c.rules.iter())
+            .all(|r| !r.contains("127.0.0.0"))
+    );
+}

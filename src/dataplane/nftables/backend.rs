@@ -27,7 +27,7 @@ use super::model::*;
 use super::ruleset::{self, FrontendKey, NftSettings, PortImage, SetId, Shape};
 use super::tx::{Op, Transaction};
 use crate::dataplane::frontends::FrontendPlan;
-use crate::dataplane::{Dataplane, DataplaneError, Drift, Operation, SyncScope, SyncStats};
+use crate::dataplane::{Dataplane, DataplaneError, Drift, Operation, SyncScope, SyncStats, enable_route_localnet};
 use crate::model::{IpFamily, ServicePortKey};
 use crate::track::BackendTable;
 
@@ -957,13 +957,6 @@ impl NftablesDataplane {
         let tx = self.commit_chunked(family, ops, &mut known)?;
         Ok((tx, n))
     }
-}
-
-/// `net.ipv4.conf.all.route_localnet=1` in the calling thread's network
-/// namespace: node ports on 127.0.0.1 DNAT to other hosts, which the
-/// kernel refuses for loopback sources without it.
-pub fn enable_route_localnet() -> std::io::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", b"1")
 }
 
 impl Dataplane for NftablesDataplane {
