@@ -57,19 +57,23 @@ pub struct ProxyFlags {
 
     /// Minimum interval between rule syncs, in any mode (Go duration, e.g. 1s; 0 = sync on
     /// every change).
-    #[arg(long = "min-sync-period", value_name = "DURATION")]
+    #[arg(long = "min-sync-period", value_name = "DURATION", allow_hyphen_values = true)]
     pub min_sync_period: Option<String>,
 
     /// Interval of full rule resyncs, in any mode (Go duration, e.g. 30s). Must be > 0.
-    #[arg(long = "sync-period", value_name = "DURATION")]
+    #[arg(long = "sync-period", value_name = "DURATION", allow_hyphen_values = true)]
     pub sync_period: Option<String>,
 
     /// kube-proxy's name for --min-sync-period; applies in iptables and nftables modes only.
-    #[arg(long = "iptables-min-sync-period", value_name = "DURATION")]
+    #[arg(
+        long = "iptables-min-sync-period",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub iptables_min_sync_period: Option<String>,
 
     /// kube-proxy's name for --sync-period; applies in iptables and nftables modes only.
-    #[arg(long = "iptables-sync-period", value_name = "DURATION")]
+    #[arg(long = "iptables-sync-period", value_name = "DURATION", allow_hyphen_values = true)]
     pub iptables_sync_period: Option<String>,
 
     /// IP:port of the health check server (default 0.0.0.0:10256); a bare IP uses port 10256;
@@ -117,11 +121,11 @@ pub struct ProxyFlags {
     pub ipvs_scheduler: Option<String>,
 
     /// Minimum interval between IPVS rule syncs (ipvs mode).
-    #[arg(long = "ipvs-min-sync-period", value_name = "DURATION")]
+    #[arg(long = "ipvs-min-sync-period", value_name = "DURATION", allow_hyphen_values = true)]
     pub ipvs_min_sync_period: Option<String>,
 
     /// Interval of full IPVS resyncs (ipvs mode). Must be > 0.
-    #[arg(long = "ipvs-sync-period", value_name = "DURATION")]
+    #[arg(long = "ipvs-sync-period", value_name = "DURATION", allow_hyphen_values = true)]
     pub ipvs_sync_period: Option<String>,
 
     /// Set arp_ignore=1 and arp_announce=2 so nodes do not answer ARP for kube-ipvs0 addresses.
@@ -136,15 +140,15 @@ pub struct ProxyFlags {
     pub ipvs_strict_arp: Option<bool>,
 
     /// Timeout for idle IPVS TCP connections; 0 leaves the kernel value as-is.
-    #[arg(long = "ipvs-tcp-timeout", value_name = "DURATION")]
+    #[arg(long = "ipvs-tcp-timeout", value_name = "DURATION", allow_hyphen_values = true)]
     pub ipvs_tcp_timeout: Option<String>,
 
     /// Timeout for IPVS TCP connections after a FIN; 0 leaves the kernel value as-is.
-    #[arg(long = "ipvs-tcpfin-timeout", value_name = "DURATION")]
+    #[arg(long = "ipvs-tcpfin-timeout", value_name = "DURATION", allow_hyphen_values = true)]
     pub ipvs_tcpfin_timeout: Option<String>,
 
     /// Timeout for IPVS UDP packets; 0 leaves the kernel value as-is.
-    #[arg(long = "ipvs-udp-timeout", value_name = "DURATION")]
+    #[arg(long = "ipvs-udp-timeout", value_name = "DURATION", allow_hyphen_values = true)]
     pub ipvs_udp_timeout: Option<String>,
 
     /// Comma-separated CIDRs the IPVS proxier must not touch when cleaning up rules.

@@ -894,3 +894,16 @@ fn localhost_node_ports_per_mode_from_flag_or_file_and_only_with_loopback_node_p
         "not a Go bool"
     );
 }
+
+#[test]
+fn a_negative_duration_after_a_space_is_a_value_not_a_flag() {
+    // kube-proxy's pflag takes `--sync-period -1s` as the value -1s; so do
+    // we, and validation names the field.
+    let err = resolve_err(&["--sync-period", "-1s"], None).to_string();
+    assert!(
+        err.contains("--sync-period") && err.contains("must not be negative"),
+        "{err}"
+    );
+    let err = resolve_err(&["--ipvs-udp-timeout", "-5s"], None).to_string();
+    assert!(err.contains("--ipvs-udp-timeout"), "{err}");
+}
