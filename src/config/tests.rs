@@ -907,3 +907,15 @@ fn a_negative_duration_after_a_space_is_a_value_not_a_flag() {
     let err = resolve_err(&["--ipvs-udp-timeout", "-5s"], None).to_string();
     assert!(err.contains("--ipvs-udp-timeout"), "{err}");
 }
+
+#[test]
+fn an_empty_entry_in_a_node_port_address_list_is_refused() {
+    let err = resolve_err(&["--nodeport-addresses", "10.0.0.0/8,,"], None).to_string();
+    assert!(
+        err.contains("--nodeport-addresses") && err.contains("empty entry"),
+        "{err}"
+    );
+    // An empty value as a whole still means every address.
+    let (c, _) = resolve(&flags(&["--nodeport-addresses="]), None);
+    assert_eq!(c.nodeport_addresses, NodePortAddresses::All);
+}

@@ -109,6 +109,13 @@ pub(super) fn parse_nodeport_addresses(
         .map(|(i, s)| (i, s.trim()))
         .filter(|(_, s)| !s.is_empty())
         .collect();
+    // An empty value as a whole means "all"; an empty entry inside a list
+    // (`10.0.0.0/8,,`) is a typo, refused like any other invalid entry.
+    if !entries.is_empty()
+        && let Some((i, _)) = items.iter().enumerate().find(|(_, s)| s.trim().is_empty())
+    {
+        return Err(invalid(item_field(field, i, indexed), "", "empty entry in the list"));
+    }
     if entries.is_empty() {
         return Ok(NodePortAddresses::All);
     }
