@@ -19,16 +19,6 @@ use crate::watch::{self, WatchConfig};
 
 /// Run the agent for `config` until SIGTERM; the process's exit status.
 pub fn run(config: Config) -> ExitCode {
-    for (mode, e) in build::cleanup_other_modes(&config) {
-        tracing::warn!(%mode, error = %e, "could not remove what another proxy mode left on this node");
-    }
-    let dataplane = match build::build(&config) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("sliceproxy: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -36,7 +26,7 @@ pub fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_agent(config, dataplane)) {
+    match runtime.block_on(start(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sliceproxy: {e}");
@@ -45,9 +35,23 @@ pub fn run(config: Config) -> ExitCode {
     }
 }
 
-/// Wire everything around `dataplane` and run until a signal.
-pub async fn run_agent(config: Config, dataplane: Box<dyn Dataplane>) -> Result<(), Box<dyn std::error::Error>> {
+/// The API client first, so that a bad kubeconfig fails before anything on
+/// the node changes; then other modes' leftovers, the dataplane, the agent.
+async fn start(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let client = watch::client(&config).await?;
+    for (mode, e) in build::cleanup_other_modes(&config) {
+        tracing::warn!(%mode, error = %e, "could not remove what another proxy mode left on this node");
+    }
+    let dataplane = build::build(&config)?;
+    run_agent(config, client, dataplane).await
+}
+
+/// Wire everything around `dataplane` and run until a signal.
+pub async fn run_agent(
+    config: Config,
+    client: kube::Client,
+    dataplane: Box<dyn Dataplane>,
+) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(node = %config.hostname, mode = %config.mode, "starting");
     let events = watch::watch_all(
         client,

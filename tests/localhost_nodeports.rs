@@ -180,7 +180,10 @@ fn nftables_mode_serves_node_ports_on_localhost_only_with_its_opt_in() {
     assert!(input.errors.is_empty(), "{:?}", input.errors);
     let table = input.tracker.table();
     let route_localnet = || cluster.run("node-a", &["sysctl", "-n", "net.ipv4.conf.all.route_localnet"]);
-    assert_eq!(route_localnet().trim(), "0", "a fresh namespace");
+    // A new namespace copies the host's value (devconf_inherit_init_net=0);
+    // start from the kernel's default whatever the host has.
+    cluster.run("node-a", &["sysctl", "-w", "net.ipv4.conf.all.route_localnet=0"]);
+    assert_eq!(route_localnet().trim(), "0", "reset in the node namespace");
 
     nft_sync(&cluster, table, false);
     node_address_answers(&cluster);
@@ -194,4 +197,70 @@ fn nftables_mode_serves_node_ports_on_localhost_only_with_its_opt_in() {
 
     nft_sync(&cluster, table, false);
     not_answered(&cluster, "nftables, turned off again");
+}
+
+/// Deletes the network namespace by name when dropped (also on failure).
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_bad_kubeconfig_fails_before_the_agent_changes_the_node() {
+    // The agent reads its kubeconfig before it touches the node: no
+    // route_localnet, no rules, no other mode's cleanup when it cannot
+    // even start (found by running it with a missing kubeconfig).
+    let name = format!("lh-kc-{}", std::process::id());
+    let guard = NetnsGuard(name.clone());
+    let status = std::process::Command::new("ip").args(["netns", "add", &name]).status();
+    assert!(status.map(|s| s.success()).unwrap_or(false), "ip netns add {name}");
+    let sysctl = || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &name,
+                "sysctl",
+                "-n",
+                "net.ipv4.conf.all.route_localnet",
+            ])
+            .output()
+            .expect("sysctl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Not asserted to be 0 first: a new namespace copies the host's value.
+    let before = sysctl();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &name, env!("CARGO_BIN_EXE_sliceproxy")])
+        .args([
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--hostname-override",
+            "node-a",
+        ])
+        .args(["--healthz-bind-address", "", "--metrics-bind-address", ""])
+        .output()
+        .expect("run the agent");
+    assert!(!out.status.success(), "the agent must fail without a kubeconfig");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/kubeconfig"), "{stderr}");
+    assert_eq!(
+        sysctl(),
+        before,
+        "route_localnet changed by an agent that never started"
+    );
+    let save = std::process::Command::new("ip")
+        .args(["netns", "exec", &name, "iptables-save"])
+        .output()
+        .expect("iptables-save");
+    assert!(
+        !String::from_utf8_lossy(&save.stdout).contains("SP-"),
+        "rules written by an agent that never started"
+    );
+    drop(guard);
 }
