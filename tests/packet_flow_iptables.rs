@@ -12,8 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use kube::api::{DeleteParams, Patch, PatchParams};
-use serde_json::json;
+use kube::api::DeleteParams;
 use support::agent_process::{AgentProcess, tail};
 use support::netns::{Cluster, Outcome, Proto};
 use support::scenario::{PROBE_TIMEOUT, Scenario, check, eventually, sa};
@@ -35,7 +34,6 @@ fn chain_of(save: &str, comment: &str) -> String {
 async fn packets_flow_through_iptables_mode() {
     let sc = Scenario::start("pf").await;
     let (cluster, api, ns) = (&sc.cluster, &sc.api, &sc.ns);
-    let ep = |pod: &str| sc.ep(pod);
 
     // --- The agent, in node-a, through a forwarder inside node-a.
     let node_a = cluster.ns("node-a").to_string();
@@ -127,34 +125,10 @@ async fn packets_flow_through_iptables_mode() {
     );
 
     // --- An established TCP connection survives an agent restart.
-    let mut conn = cluster.connect("a1", sa("10.96.0.10:80"));
-    let first = conn.ping().expect("ping before restart");
-    agent.stop();
-    assert_eq!(conn.ping().expect("ping while the agent is down"), first);
-    assert!(check(cluster, &rows[0]).is_ok(), "rules stay while the agent is down");
-    let synced = agent.count("synced");
-    agent.restart();
-    agent.wait_for_log("synced", synced + 1, Duration::from_secs(60));
-    assert_eq!(conn.ping().expect("ping after restart"), first);
+    sc.check_restart_keeps_connections(&mut agent);
 
     // --- A UDP client moves to the remaining endpoint when its endpoint goes.
-    let flow = cluster.udp_flow("a1", sa("10.96.0.10:53"));
-    let answer = flow.ask(PROBE_TIMEOUT).expect("dns answer");
-    let old = answer.split(' ').next().unwrap().to_string();
-    let keep = if old == "a2" { "b1" } else { "a2" };
-    let patch = json!({"endpoints": [ep(keep)]});
-    api.slices
-        .patch("web-v4", &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .expect("patch web-v4");
-    eventually("the UDP flow to move", Duration::from_secs(20), || {
-        let a = flow.ask(PROBE_TIMEOUT).map_err(|e| e.to_string())?;
-        if a.starts_with(keep) {
-            Ok(())
-        } else {
-            Err(format!("still {a}"))
-        }
-    });
+    sc.check_udp_flow_moves().await;
 
     // --- --cleanup removes everything of ours and nothing else.
     agent.stop();

@@ -17,6 +17,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
+use super::agent_process::AgentProcess;
 use super::controlplane::shared;
 use super::netns::{Cluster, Family, Node, Outcome, Proto};
 use super::proxy::GatedProxy;
@@ -529,5 +530,44 @@ impl Scenario {
             })
             .collect();
         assert_eq!(answers.len(), 1, "affinity: {answers:?}");
+    }
+
+    /// An established TCP connection to a cluster IP survives an agent
+    /// restart (and the rules stay while the agent is down).
+    pub fn check_restart_keeps_connections(&self, agent: &mut AgentProcess) {
+        let cluster = &self.cluster;
+        let rows = Self::rows();
+        let mut conn = cluster.connect("a1", sa("10.96.0.10:80"));
+        let first = conn.ping().expect("ping before restart");
+        agent.stop();
+        assert_eq!(conn.ping().expect("ping while the agent is down"), first);
+        assert!(check(cluster, &rows[0]).is_ok(), "rules stay while the agent is down");
+        let synced = agent.count("synced");
+        agent.restart();
+        agent.wait_for_log("synced", synced + 1, Duration::from_secs(60));
+        assert_eq!(conn.ping().expect("ping after restart"), first);
+    }
+
+    /// A UDP client moves to the remaining endpoint when its endpoint leaves
+    /// the slice `web-v4` (stale conntrack entries are cleared).
+    pub async fn check_udp_flow_moves(&self) {
+        let flow = self.cluster.udp_flow("a1", sa("10.96.0.10:53"));
+        let answer = flow.ask(PROBE_TIMEOUT).expect("dns answer");
+        let old = answer.split(' ').next().unwrap().to_string();
+        let keep = if old == "a2" { "b1" } else { "a2" };
+        let patch = json!({"endpoints": [self.ep(keep)]});
+        self.api
+            .slices
+            .patch("web-v4", &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .expect("patch web-v4");
+        eventually("the UDP flow to move", Duration::from_secs(20), || {
+            let a = flow.ask(PROBE_TIMEOUT).map_err(|e| e.to_string())?;
+            if a.starts_with(keep) {
+                Ok(())
+            } else {
+                Err(format!("still {a}"))
+            }
+        });
     }
 }
